@@ -1,0 +1,63 @@
+# Every target sets up what it needs, idempotently, so any of them works first on a fresh clone.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3
+UV_VERSION := 0.13.8
+TOOLS := .tools
+UV := $(TOOLS)/bin/uv
+VENV := .venv
+BUS := $(VENV)/bin/bus
+SOURCES := bus adapters tests
+
+export UV_PYTHON_DOWNLOADS := never
+
+.PHONY: help setup kafka-jars run test lint kafka-start kafka-stop kafka-status lock clean
+
+help:
+	@echo "make run    set up, start the local Kafka broker (unless KAFKA_BOOTSTRAP_SERVERS is set) and bus run"
+	@echo "make test   set up, lint, and run the whole test suite against a real Kafka broker"
+	@echo "make lint   ruff and mypy --strict"
+	@echo "make kafka-start | kafka-stop | kafka-status   the local development broker"
+	@echo "make lock   re-resolve uv.lock after editing dependencies;  make clean   remove .venv .tools .bus"
+
+# uv itself is pinned and kept in its own small venv, so the project venv is exactly the lock file.
+$(UV):
+	$(PYTHON) -m venv $(TOOLS)
+	$(TOOLS)/bin/pip install --quiet --disable-pip-version-check uv==$(UV_VERSION)
+
+$(VENV)/.synced: $(UV) uv.lock pyproject.toml
+	$(UV) sync --locked --extra dev --python $(PYTHON)
+	@touch $@
+
+setup: $(VENV)/.synced
+
+kafka-jars: setup
+	@$(BUS) kafka fetch
+
+# Without KAFKA_BOOTSTRAP_SERVERS, bus run fetches the jars and starts the local broker itself.
+run: setup
+	$(BUS) run
+
+lint: setup
+	$(VENV)/bin/ruff check $(SOURCES)
+	$(VENV)/bin/ruff format --check $(SOURCES)
+	$(VENV)/bin/mypy
+
+test: lint kafka-jars
+	$(VENV)/bin/pytest
+
+kafka-start: kafka-jars
+	$(BUS) kafka start
+
+kafka-stop: setup
+	$(BUS) kafka stop
+
+kafka-status: setup
+	$(BUS) kafka status
+
+lock: $(UV)
+	$(UV) lock --python $(PYTHON)
+
+clean:
+	rm -rf $(VENV) $(TOOLS) .bus .mypy_cache .ruff_cache .pytest_cache

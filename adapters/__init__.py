@@ -1,0 +1,1 @@
+"""Protocol adapters (REST, SOAP, and third-party ones), each registered through an entry point."""

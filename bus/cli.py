@@ -1,0 +1,104 @@
+"""The `bus` command line."""
+
+import asyncio
+import sys
+from typing import Any
+
+import click
+
+from bus import __version__
+from bus.config import BusSettings
+from bus.errors import BusError
+from bus.local_kafka import bootstrap_servers_for, local_kafka_from
+from bus.local_kafka.readiness import answers_metadata
+
+EXIT_NOT_RUNNING = 3  # as LSB init scripts' `status` says "not running"
+
+
+class _BusGroup(click.Group):
+    """Turns every BusError into one clear line on stderr and exit status 1, never a traceback."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except BusError as error:
+            raise click.ClickException(str(error)) from error
+
+
+def _say(message: str) -> None:
+    click.echo(f"bus: {message}", err=True)
+
+
+@click.group(cls=_BusGroup)
+@click.version_option(__version__, prog_name="bus")
+def main() -> None:
+    """bus: an enterprise service bus on Apache Kafka and Avro."""
+
+
+@main.command()
+def run() -> None:
+    """Run the declared flows against Kafka (the local broker unless one is configured)."""
+    settings = BusSettings()
+    bootstrap = asyncio.run(_reachable_kafka(settings))
+    click.echo(f"Kafka: {bootstrap}")
+    click.echo("No flows are defined yet, so bus run has nothing to run and exits.")
+
+
+async def _reachable_kafka(settings: BusSettings) -> str:
+    bootstrap = await bootstrap_servers_for(settings, say=_say)
+    if not await answers_metadata(bootstrap, within=10.0):
+        raise BusError(
+            f"Kafka at {bootstrap} does not answer a metadata request; check that the cluster "
+            "runs and that KAFKA_BOOTSTRAP_SERVERS names it, or unset it to use the local broker"
+        )
+    return bootstrap
+
+
+@main.group()
+def kafka() -> None:
+    """The local development broker (single-node KRaft on 127.0.0.1)."""
+
+
+@kafka.command()
+def fetch() -> None:
+    """Fetch the pinned Apache Kafka jars from Maven Central (once; later calls are instant)."""
+    distribution = local_kafka_from(BusSettings()).distribution
+    libs = distribution.ensure()
+    click.echo(f"Apache Kafka {distribution.version} jars in {libs}")
+
+
+@kafka.command()
+@click.option("--timeout", default=60.0, show_default=True, help="Seconds to wait for readiness.")
+def start(timeout: float) -> None:
+    """Start the local broker and wait until it answers; print its bootstrap address."""
+    broker = local_kafka_from(BusSettings())
+    status = asyncio.run(broker.start(ready_within=timeout))
+    for note in broker.notes:
+        _say(note)
+    _say(f"local Kafka broker started (pid {status.pid}, log {status.log_file})")
+    click.echo(status.bootstrap_servers)
+
+
+@kafka.command()
+def stop() -> None:
+    """Stop the local broker that `bus kafka start` launched."""
+    broker = local_kafka_from(BusSettings())
+    pid = broker.stop()
+    click.echo(f"stopped the local Kafka broker (pid {pid})")
+
+
+@kafka.command()
+def status() -> None:
+    """Say whether the local broker runs (exit status 0) or not (exit status 3)."""
+    broker = local_kafka_from(BusSettings())
+    current = broker.status()
+    for note in broker.notes:
+        _say(note)
+    if not current.running:
+        click.echo(f"not running (state in {broker.state_dir})")
+        sys.exit(EXIT_NOT_RUNNING)
+    answering = asyncio.run(answers_metadata(current.bootstrap_servers))
+    click.echo(
+        f"running (pid {current.pid}) at {current.bootstrap_servers}"
+        + ("" if answering else ", but not answering metadata requests yet")
+    )

@@ -1,0 +1,49 @@
+"""Process-wide settings, read from the environment (flow files add their own later)."""
+
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class BusSettings(BaseSettings):
+    """Where Kafka is and where bus keeps its local state.
+
+    With no bootstrap servers configured, bus uses (and starts) the local broker under `home`.
+    """
+
+    model_config = SettingsConfigDict(populate_by_name=True, extra="ignore")
+
+    kafka_bootstrap_servers: str | None = Field(
+        default=None,
+        validation_alias="KAFKA_BOOTSTRAP_SERVERS",
+        description="Comma-separated host:port list of an existing Kafka cluster.",
+    )
+    home: Path = Field(
+        default=Path(".bus"),
+        validation_alias="BUS_HOME",
+        description="Project data directory: local broker state, logs and caches.",
+    )
+    cache_dir: Path | None = Field(
+        default=None,
+        validation_alias="BUS_CACHE_DIR",
+        description="Where fetched Kafka jars are kept; defaults to <home>/cache.",
+    )
+    kafka_port: int = Field(
+        default=9092,
+        ge=1,
+        le=65535,
+        validation_alias="BUS_KAFKA_PORT",
+        description="Client port of the local broker on 127.0.0.1.",
+    )
+    kafka_controller_port: int = Field(
+        default=9093,
+        ge=1,
+        le=65535,
+        validation_alias="BUS_KAFKA_CONTROLLER_PORT",
+        description="KRaft controller port of the local broker on 127.0.0.1.",
+    )
+
+    @property
+    def kafka_cache_dir(self) -> Path:
+        return self.cache_dir if self.cache_dir is not None else self.home / "cache"

@@ -1,0 +1,89 @@
+"""Every test run gets one real Kafka broker, started on free ports and always stopped at the end."""
+
+import asyncio
+import re
+import socket
+import uuid
+from collections.abc import Awaitable, Callable, Iterator
+from pathlib import Path
+
+import pytest
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+
+from bus.config import BusSettings
+from bus.local_kafka import KafkaDistribution, LocalKafka
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# Speed over durability: one partition for internal topics, small segments, no rebalance delay
+# (already in the single-node defaults), so consumer-group and transaction tests never idle.
+TEST_BROKER_OVERRIDES = {
+    "num.partitions": "1",
+    "offsets.topic.num.partitions": "1",
+    "transaction.state.log.num.partitions": "1",
+    "share.coordinator.state.topic.num.partitions": "1",
+    "log.segment.bytes": str(1024 * 1024),
+    "log.retention.check.interval.ms": "60000",
+    "auto.create.topics.enable": "false",
+}
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+def kafka_cache_dir() -> Path:
+    """The jar cache `make` fills, shared by every broker the tests start."""
+    cache = BusSettings().kafka_cache_dir
+    return cache if cache.is_absolute() else ROOT / cache
+
+
+@pytest.fixture(scope="session")
+def kafka_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalKafka]:
+    broker = LocalKafka(
+        state_dir=tmp_path_factory.mktemp("kafka"),
+        distribution=KafkaDistribution.pinned(kafka_cache_dir()),
+        client_port=free_port(),
+        controller_port=free_port(),
+        overrides=TEST_BROKER_OVERRIDES,
+        heap="512m",
+        die_with_parent=True,
+    )
+    asyncio.run(broker.start(ready_within=90.0))
+    try:
+        yield broker
+    finally:
+        broker.stop()
+
+
+@pytest.fixture(scope="session")
+def bootstrap_servers(kafka_broker: LocalKafka) -> str:
+    return kafka_broker.bootstrap_servers
+
+
+@pytest.fixture
+def topic_name(request: pytest.FixtureRequest) -> Callable[[str], str]:
+    """Makes topic names unique to this test and this run: `topic_name("orders")`."""
+    test = re.sub(r"[^a-zA-Z0-9._-]+", "-", request.node.name)[:80]
+    run = uuid.uuid4().hex[:8]
+    return lambda purpose: f"{test}.{purpose}.{run}"
+
+
+@pytest.fixture
+def create_topics(bootstrap_servers: str) -> Callable[..., Awaitable[None]]:
+    """`await create_topics(name, ..., partitions=3)` on the test broker."""
+
+    async def create(*names: str, partitions: int = 1) -> None:
+        admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers)
+        await admin.start()
+        try:
+            await admin.create_topics(
+                [NewTopic(name, num_partitions=partitions, replication_factor=1) for name in names]
+            )
+        finally:
+            await admin.close()
+
+    return create
