@@ -1,4 +1,4 @@
-"""Every test run gets one real Kafka broker, started on free ports and always stopped at the end."""
+"""Every test run gets one real Kafka broker on free ports, always stopped at the end."""
 
 import asyncio
 import re

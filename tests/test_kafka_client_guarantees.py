@@ -1,4 +1,4 @@
-"""What the bus relies on from aiokafka against the pinned broker; these tests decide the Kafka pin."""
+"""What bus relies on from aiokafka, proven on the pinned broker: these tests decide the pin."""
 
 import asyncio
 from collections.abc import Awaitable, Callable
@@ -6,7 +6,9 @@ from collections.abc import Awaitable, Callable
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 
 
-async def consume(consumer: AIOKafkaConsumer, count: int, within: float = 20.0) -> list[ConsumerRecord]:
+async def consume(
+    consumer: AIOKafkaConsumer, count: int, within: float = 20.0
+) -> list[ConsumerRecord]:
     """Exactly `count` records, or fail after `within` seconds saying how many came."""
     records: list[ConsumerRecord] = []
     async with asyncio.timeout(within):

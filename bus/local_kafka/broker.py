@@ -10,6 +10,7 @@ import base64
 import contextlib
 import ctypes
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -27,6 +28,7 @@ from bus.local_kafka.distribution import KafkaDistribution, find_java
 from bus.local_kafka.readiness import answers_metadata
 
 LOG_TAIL_LINES = 30
+_STACK_FRAME = re.compile(r"\s+(at |\.\.\. \d+ more)")
 _PR_SET_PDEATHSIG = 1
 
 # Log lines that explain a failed start better than "it exited"; first match wins.
@@ -35,6 +37,7 @@ _KNOWN_FAILURES: tuple[tuple[str, str], ...] = (
     ("UnsupportedClassVersionError", "the Java in use is too old for this Kafka release"),
     ("InconsistentClusterIdException", "the data directory belongs to another cluster"),
     ("Invalid cluster.id", "the data directory belongs to another cluster"),
+    ("doesn't match previous node id", "the data directory belongs to another node"),
     ("Could not reserve enough space", "the JVM could not reserve its heap"),
     ("OutOfMemoryError", "the JVM ran out of memory"),
     ("No readable meta.properties", "the data directory was not formatted"),
@@ -298,7 +301,9 @@ def _port_is_free(port: int) -> bool:
 
 
 def _tail(text: str) -> str:
-    return "\n".join(text.rstrip().splitlines()[-LOG_TAIL_LINES:])
+    """The log's last lines without Java stack frames, which would push the cause out of view."""
+    lines = [line for line in text.rstrip().splitlines() if not _STACK_FRAME.match(line)]
+    return "\n".join(lines[-LOG_TAIL_LINES:])
 
 
 def _die_with_parent() -> None:
