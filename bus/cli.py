@@ -7,7 +7,7 @@ from typing import Any
 import click
 
 from bus import __version__
-from bus.config import BusSettings
+from bus.config import BusSettings, load_settings
 from bus.errors import BusError
 from bus.local_kafka import bootstrap_servers_for, local_kafka_from
 from bus.local_kafka.readiness import answers_metadata
@@ -38,7 +38,7 @@ def main() -> None:
 @main.command()
 def run() -> None:
     """Run the declared flows against Kafka (the local broker unless one is configured)."""
-    settings = BusSettings()
+    settings = load_settings()
     bootstrap = asyncio.run(_reachable_kafka(settings))
     click.echo(f"Kafka: {bootstrap}")
     click.echo("No flows are defined yet, so bus run has nothing to run and exits.")
@@ -62,7 +62,7 @@ def kafka() -> None:
 @kafka.command()
 def fetch() -> None:
     """Fetch the pinned Apache Kafka jars from Maven Central (once; later calls are instant)."""
-    distribution = local_kafka_from(BusSettings()).distribution
+    distribution = local_kafka_from(load_settings()).distribution
     libs = distribution.ensure()
     click.echo(f"Apache Kafka {distribution.version} jars in {libs}")
 
@@ -71,7 +71,7 @@ def fetch() -> None:
 @click.option("--timeout", default=60.0, show_default=True, help="Seconds to wait for readiness.")
 def start(timeout: float) -> None:
     """Start the local broker and wait until it answers; print its bootstrap address."""
-    broker = local_kafka_from(BusSettings())
+    broker = local_kafka_from(load_settings())
     status = asyncio.run(broker.start(ready_within=timeout))
     for note in broker.notes:
         _say(note)
@@ -82,7 +82,7 @@ def start(timeout: float) -> None:
 @kafka.command()
 def stop() -> None:
     """Stop the local broker that `bus kafka start` launched."""
-    broker = local_kafka_from(BusSettings())
+    broker = local_kafka_from(load_settings())
     pid = broker.stop()
     click.echo(f"stopped the local Kafka broker (pid {pid})")
 
@@ -90,7 +90,7 @@ def stop() -> None:
 @kafka.command()
 def status() -> None:
     """Say whether the local broker runs (exit status 0) or not (exit status 3)."""
-    broker = local_kafka_from(BusSettings())
+    broker = local_kafka_from(load_settings())
     current = broker.status()
     for note in broker.notes:
         _say(note)

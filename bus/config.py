@@ -2,8 +2,10 @@
 
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from bus.errors import ConfigError
 
 
 class BusSettings(BaseSettings):
@@ -12,7 +14,7 @@ class BusSettings(BaseSettings):
     With no bootstrap servers configured, bus uses (and starts) the local broker under `home`.
     """
 
-    model_config = SettingsConfigDict(populate_by_name=True, extra="ignore")
+    model_config = SettingsConfigDict(extra="ignore")
 
     kafka_bootstrap_servers: str | None = Field(
         default=None,
@@ -47,3 +49,15 @@ class BusSettings(BaseSettings):
     @property
     def kafka_cache_dir(self) -> Path:
         return self.cache_dir if self.cache_dir is not None else self.home / "cache"
+
+
+def load_settings() -> BusSettings:
+    """The settings from the environment; a bad value names its variable and what was expected."""
+    try:
+        return BusSettings()
+    except ValidationError as invalid:
+        problems = "; ".join(
+            f"{'.'.join(str(part) for part in error['loc'])}={error['input']!r}: {error['msg']}"
+            for error in invalid.errors()
+        )
+        raise ConfigError(f"invalid environment setting: {problems}") from invalid

@@ -1,5 +1,6 @@
 """`bus kafka start|status|stop` and `bus run`, run as a user runs them: as subprocesses."""
 
+import asyncio
 import os
 import shutil
 import socket
@@ -126,6 +127,13 @@ def test_failed_start_reports_reason_and_log_tail(bus: Bus, home: Path) -> None:
     assert not (home / "kafka" / "broker.pid").exists()
 
 
+def test_bad_setting_is_one_clear_line(bus: Bus) -> None:
+    status = bus("kafka", "status", BUS_KAFKA_PORT="ninety")
+    assert status.returncode == 1
+    assert status.stderr.startswith("Error: invalid environment setting: BUS_KAFKA_PORT='ninety'")
+    assert "Traceback" not in status.stderr
+
+
 def test_stale_pid_file_is_reported_and_removed(bus: Bus, home: Path) -> None:
     (home / "kafka").mkdir()
     # A live process that is not our broker, as after a reboot reused the pid.
@@ -184,18 +192,22 @@ def test_run_with_unreachable_cluster_fails_clearly(bus: Bus, home: Path) -> Non
 async def test_run_without_cluster_starts_the_local_broker(
     bus: Bus, bus_env: dict[str, str], home: Path
 ) -> None:
-    ran = bus("run")
-    assert ran.returncode == 0, ran.stderr
     bootstrap = f"127.0.0.1:{bus_env['BUS_KAFKA_PORT']}"
-    assert f"Kafka: {bootstrap}" in ran.stdout
-    assert "No flows are defined yet" in ran.stdout
-    assert "starting the local Kafka broker" in ran.stderr
+    # Two runs at once on one data directory: one starts the broker, the other waits and uses it.
+    both = await asyncio.gather(*(asyncio.to_thread(bus, "run") for _ in range(2)))
+    for ran in both:
+        assert ran.returncode == 0, ran.stderr
+        assert f"Kafka: {bootstrap}" in ran.stdout
+        assert "No flows are defined yet" in ran.stdout
+        assert "using the local Kafka broker" in ran.stderr
+    assert sum("starting the local Kafka broker" in ran.stderr for ran in both) >= 1
+    assert len(our_java_processes(home)) == 1
     assert await answers_metadata(bootstrap)
 
-    # A second run finds the running broker instead of starting another.
+    # A later run finds the running broker instead of starting another.
     again = bus("run")
     assert again.returncode == 0, again.stderr
-    assert "using the local Kafka broker" in again.stderr
+    assert "starting" not in again.stderr
     assert len(our_java_processes(home)) == 1
 
     assert bus("kafka", "stop").returncode == 0

@@ -9,6 +9,7 @@ import asyncio
 import base64
 import contextlib
 import ctypes
+import fcntl
 import os
 import re
 import signal
@@ -119,20 +120,26 @@ class LocalKafka:
 
     async def start(self, ready_within: float = 60.0) -> BrokerStatus:
         """Launch the broker and return once it answers a metadata request."""
-        pid = self._running_pid()
-        if pid is not None:
-            raise BrokerAlreadyRunningError(
-                f"the local Kafka broker already runs (pid {pid}) at {self._recorded_bootstrap()}; "
-                "use it as it is, or end it with `bus kafka stop`"
-            )
-        command = await asyncio.to_thread(self._prepare)
-        process = self._launch(command)
-        try:
-            await self._wait_until_ready(process, ready_within)
-        except BaseException:
-            self._terminate(process.pid, grace=5.0)
-            self.pid_file.unlink(missing_ok=True)
-            raise
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        # Two `bus run` started together must not launch two brokers on one data directory:
+        # the second waits here, then finds the first one's broker running.
+        with (self.state_dir / "start.lock").open("w") as lock:
+            await asyncio.to_thread(fcntl.flock, lock, fcntl.LOCK_EX)
+            pid = self._running_pid()
+            if pid is not None:
+                raise BrokerAlreadyRunningError(
+                    f"the local Kafka broker already runs (pid {pid}) at "
+                    f"{self._recorded_bootstrap()}; use it as it is, or end it with "
+                    "`bus kafka stop`"
+                )
+            command = await asyncio.to_thread(self._prepare)
+            process = self._launch(command)
+            try:
+                await self._wait_until_ready(process, ready_within)
+            except BaseException:
+                self._terminate(process.pid, grace=5.0)
+                self.pid_file.unlink(missing_ok=True)
+                raise
         return self.status()
 
     def stop(self, timeout: float = 30.0) -> int:
@@ -155,7 +162,6 @@ class LocalKafka:
                     "cannot listen there; stop that process or choose free ports with "
                     "BUS_KAFKA_PORT and BUS_KAFKA_CONTROLLER_PORT"
                 )
-        self.state_dir.mkdir(parents=True, exist_ok=True)
         properties = single_node_properties(self.client_port, self.controller_port, self.data_dir)
         properties.update(self.overrides)
         self.properties_file.write_text(

@@ -1,16 +1,19 @@
 """The embedded default: no bootstrap servers configured means the local broker, on demand."""
 
+import contextlib
 from collections.abc import Callable
 
 from bus.config import BusSettings
+from bus.errors import BrokerAlreadyRunningError
 from bus.local_kafka.broker import LocalKafka
 from bus.local_kafka.distribution import KafkaDistribution
 
 
 def local_kafka_from(settings: BusSettings) -> LocalKafka:
+    # Absolute paths: they appear in the broker's command line, by which `stop` recognises it.
     return LocalKafka(
-        state_dir=settings.home / "kafka",
-        distribution=KafkaDistribution.pinned(settings.kafka_cache_dir),
+        state_dir=(settings.home / "kafka").resolve(),
+        distribution=KafkaDistribution.pinned(settings.kafka_cache_dir.resolve()),
         client_port=settings.kafka_port,
         controller_port=settings.kafka_controller_port,
     )
@@ -23,16 +26,16 @@ async def bootstrap_servers_for(
     if settings.kafka_bootstrap_servers:
         return settings.kafka_bootstrap_servers
     local = local_kafka_from(settings)
-    status = local.status()
-    if status.running:
-        say(f"using the local Kafka broker at {status.bootstrap_servers} (pid {status.pid})")
-        return status.bootstrap_servers
-    say("no KAFKA_BOOTSTRAP_SERVERS configured: starting the local Kafka broker")
-    status = await local.start()
+    if not local.status().running:
+        say("no KAFKA_BOOTSTRAP_SERVERS configured: starting the local Kafka broker")
+        # Another process may start it meanwhile; its broker serves as well as ours.
+        with contextlib.suppress(BrokerAlreadyRunningError):
+            await local.start()
     for note in local.notes:
         say(note)
+    status = local.status()
     say(
-        f"local Kafka broker ready at {status.bootstrap_servers} (pid {status.pid}, "
+        f"using the local Kafka broker at {status.bootstrap_servers} (pid {status.pid}, "
         f"log {status.log_file}); it keeps running until `bus kafka stop`"
     )
     return status.bootstrap_servers
