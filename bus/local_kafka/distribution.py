@@ -11,6 +11,7 @@ import subprocess
 import tempfile
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 from bus.errors import LocalKafkaError, ToolMissingError
@@ -84,7 +85,7 @@ class KafkaDistribution:
     def pinned(cls, cache_dir: Path) -> "KafkaDistribution":
         return cls(cache_dir=cache_dir, source=deploy_dir())
 
-    @property
+    @cached_property
     def version(self) -> str:
         return pinned_kafka_version(self.source / "pom.xml")
 
