@@ -27,3 +27,41 @@ class BrokerNotRunningError(LocalKafkaError):
 
 class BrokerStartError(LocalKafkaError):
     """The local broker did not become ready; the message carries the reason and the log's tail."""
+
+
+class SchemaError(BusError):
+    """A schema file is invalid, or a schema that was asked for is not in the catalog."""
+
+
+class SchemaRegistryError(BusError):
+    """The Confluent-compatible schema registry refused a request or could not be reached."""
+
+
+class EventDecodeError(BusError):
+    """A Kafka record is not a readable bus event; the message says what was expected and found."""
+
+
+class MissingHeaderError(EventDecodeError):
+    """A required CloudEvents header (ce_id, ce_type, ...) is absent or not valid UTF-8."""
+
+
+class WrongMagicError(EventDecodeError):
+    """The record value starts with neither single-object (C3 01) nor Confluent (00) framing."""
+
+
+class UnknownWriterSchemaError(EventDecodeError):
+    """The writer schema's fingerprint or registry id is not known to this reader."""
+
+
+class TruncatedEventError(EventDecodeError):
+    """The Avro body ends early, has bytes left over, or holds an impossible length or count."""
+
+
+class EventValidationError(BusError):
+    """Event data does not match its schema; `problems` holds (field path, what was expected)."""
+
+    def __init__(self, schema: str, problems: list[tuple[str, str]]) -> None:
+        self.schema = schema
+        self.problems = problems
+        listed = "; ".join(f"{path or '<root>'}: {expected}" for path, expected in problems)
+        super().__init__(f"event data does not match {schema}: {listed}")
