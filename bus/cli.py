@@ -1,7 +1,9 @@
 """The `bus` command line."""
 
 import asyncio
+import json
 import sys
+from pathlib import Path
 from typing import Any
 
 import click
@@ -9,6 +11,7 @@ import click
 from bus import __version__
 from bus.config import BusSettings, load_settings
 from bus.errors import BusError
+from bus.events.catalog import SchemaCatalog
 from bus.local_kafka import bootstrap_servers_for, local_kafka_from
 from bus.local_kafka.readiness import answers_metadata
 
@@ -52,6 +55,68 @@ async def _reachable_kafka(settings: BusSettings) -> str:
             "runs and that KAFKA_BOOTSTRAP_SERVERS names it, or unset it to use the local broker"
         )
     return bootstrap
+
+
+@main.group()
+@click.option(
+    "--dir",
+    "schemas_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="The schema folder [default: $BUS_SCHEMAS_DIR or ./schemas].",
+)
+@click.pass_context
+def schemas(ctx: click.Context, schemas_dir: Path | None) -> None:
+    """The canonical Avro schemas: list, release, check compatibility."""
+    ctx.obj = schemas_dir or load_settings().schemas_dir
+
+
+@schemas.command("list")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per schema version.")
+@click.pass_obj
+def list_schemas(schemas_dir: Path, as_json: bool) -> None:
+    """Full names, versions and fingerprints (CRC-64-AVRO, as on the wire) of every schema."""
+    catalog = SchemaCatalog.load(schemas_dir)
+    if as_json:
+        for version in catalog:
+            click.echo(
+                json.dumps(
+                    {
+                        "name": version.full_name,
+                        "version": version.version,
+                        "fingerprint": version.fingerprint_hex,
+                        "current": version.current,
+                        "released": version.released,
+                        "source": version.source,
+                    }
+                )
+            )
+        return
+    width = max((len(name) for name in catalog.names()), default=0)
+    for name in catalog.names():
+        versions = catalog.versions(name)
+        for version in reversed(versions):
+            label = name if version.current else ""
+            state = (
+                "older, kept for reading"
+                if not version.current
+                else "released"
+                if version.released
+                else "unreleased: run `bus schemas release`"
+            )
+            click.echo(
+                f"{label:<{width}}  v{version.version:<3} {version.fingerprint_hex}  {state}"
+            )
+
+
+@schemas.command()
+@click.pass_obj
+def release(schemas_dir: Path) -> None:
+    """Record every changed schema as a new version in <dir>/history, readable forever."""
+    written = SchemaCatalog.load(schemas_dir).release()
+    for path in written:
+        click.echo(f"released {path}")
+    if not written:
+        click.echo("every schema is released already")
 
 
 @main.group()

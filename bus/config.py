@@ -31,6 +31,11 @@ class BusSettings(BaseSettings):
         validation_alias="BUS_CACHE_DIR",
         description="Where fetched Kafka jars are kept; defaults to <home>/cache.",
     )
+    schemas_dir: Path = Field(
+        default=Path("schemas"),
+        validation_alias="BUS_SCHEMAS_DIR",
+        description="The schema catalog: canonical .avsc files and their released history.",
+    )
     kafka_port: int = Field(
         default=9092,
         ge=1,

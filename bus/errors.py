@@ -41,8 +41,8 @@ class EventDecodeError(BusError):
     """A Kafka record is not a readable bus event; the message says what was expected and found."""
 
 
-class MissingHeaderError(EventDecodeError):
-    """A required CloudEvents header (ce_id, ce_type, ...) is absent or not valid UTF-8."""
+class BadHeaderError(EventDecodeError):
+    """A required CloudEvents header (ce_id, ce_type, ...) is absent, or a header is invalid."""
 
 
 class WrongMagicError(EventDecodeError):
@@ -65,3 +65,7 @@ class EventValidationError(BusError):
         self.problems = problems
         listed = "; ".join(f"{path or '<root>'}: {expected}" for path, expected in problems)
         super().__init__(f"event data does not match {schema}: {listed}")
+
+
+class PublishError(BusError):
+    """Kafka did not acknowledge an event (with acks=all), so it must be treated as not stored."""

@@ -1,0 +1,1 @@
+"""Canonical events: Avro schemas, CloudEvents headers, and their encoding on Kafka records."""

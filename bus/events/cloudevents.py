@@ -1,0 +1,118 @@
+"""CloudEvents 1.0 attributes as Kafka headers: the binary content mode of the Kafka binding.
+
+Every attribute but `data` is a header named `ce_<attribute>` with a UTF-8 value; the data's media
+type is the `content-type` header. W3C trace context travels beside them as `traceparent` and
+`tracestate`, which are not CloudEvents attributes.
+"""
+
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from bus.errors import BadHeaderError
+
+SPEC_VERSION = "1.0"
+AVRO_CONTENT_TYPE = "application/avro"
+_PREFIX = "ce_"
+_REQUIRED = ("ce_specversion", "ce_id", "ce_source", "ce_type")
+_CORE = frozenset({"specversion", "id", "source", "type", "time", "subject"})
+_EXTENSION_NAME = re.compile(r"[a-z0-9]{1,20}")
+Headers = Sequence[tuple[str, bytes]]
+
+
+@dataclass(frozen=True, slots=True)
+class Attributes:
+    id: str
+    source: str
+    type: str
+    time: datetime | None
+    subject: str | None
+    content_type: str | None
+    extensions: Mapping[str, str]
+
+
+def format_time(moment: datetime) -> str:
+    """RFC 3339 in UTC with milliseconds, e.g. 2026-11-24T01:40:06.123Z."""
+    return (
+        moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
+    )
+
+
+def to_headers(
+    attributes: Attributes, trace: Mapping[str, str] | None = None
+) -> list[tuple[str, bytes]]:
+    headers = [
+        ("ce_specversion", SPEC_VERSION.encode()),
+        ("ce_id", attributes.id.encode()),
+        ("ce_source", attributes.source.encode()),
+        ("ce_type", attributes.type.encode()),
+    ]
+    if attributes.time is not None:
+        headers.append(("ce_time", format_time(attributes.time).encode()))
+    if attributes.subject is not None:
+        headers.append(("ce_subject", attributes.subject.encode()))
+    for name, value in attributes.extensions.items():
+        if name in _CORE or not _EXTENSION_NAME.fullmatch(name):
+            raise ValueError(
+                f"CloudEvents extension name {name!r} must be 1-20 lowercase letters or digits "
+                "and not a core attribute"
+            )
+        headers.append((_PREFIX + name, value.encode()))
+    if attributes.content_type is not None:
+        headers.append(("content-type", attributes.content_type.encode()))
+    for name, value in (trace or {}).items():
+        headers.append((name, value.encode()))
+    return headers
+
+
+def from_headers(headers: Headers) -> tuple[Attributes, dict[str, str]]:
+    """The CloudEvents attributes and the trace context headers of a record."""
+    text: dict[str, str] = {}
+    for name, raw in headers:
+        try:
+            text[name] = raw.decode()
+        except UnicodeDecodeError as error:
+            raise BadHeaderError(
+                f"header {name!r} is not valid UTF-8 (found {raw[:40]!r}); "
+                "the CloudEvents Kafka binding requires UTF-8 header values"
+            ) from error
+    missing = [name for name in _REQUIRED if not text.get(name)]
+    if missing:
+        found = ", ".join(sorted(text)) or "none"
+        raise BadHeaderError(
+            f"not a CloudEvents record: missing header(s) {', '.join(missing)} "
+            f"(found: {found}); bus events carry ce_specversion, ce_id, ce_source and ce_type"
+        )
+    if text["ce_specversion"] != SPEC_VERSION:
+        raise BadHeaderError(
+            f"ce_specversion is {text['ce_specversion']!r}, expected {SPEC_VERSION!r}"
+        )
+    time = None
+    if "ce_time" in text:
+        try:
+            time = datetime.fromisoformat(text["ce_time"])
+        except ValueError as error:
+            raise BadHeaderError(
+                f"ce_time {text['ce_time']!r} is not an RFC 3339 timestamp"
+            ) from error
+        if time.tzinfo is None:
+            raise BadHeaderError(f"ce_time {text['ce_time']!r} has no time zone offset")
+    extensions = {
+        name[len(_PREFIX) :]: value
+        for name, value in text.items()
+        if name.startswith(_PREFIX) and name[len(_PREFIX) :] not in _CORE
+    }
+    attributes = Attributes(
+        id=text["ce_id"],
+        source=text["ce_source"],
+        type=text["ce_type"],
+        time=time,
+        subject=text.get("ce_subject"),
+        content_type=text.get("content-type"),
+        extensions=extensions,
+    )
+    trace: dict[str, str] = {
+        name: text[name] for name in ("traceparent", "tracestate") if name in text
+    }
+    return attributes, trace
