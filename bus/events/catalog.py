@@ -118,7 +118,7 @@ class SchemaCatalog:
         """The version producers write: the schema file's, released or not."""
         versions = self._versions.get(full_name)
         if not versions or not versions[-1].current:
-            close = difflib.get_close_matches(full_name, self.names(), n=3)
+            close = difflib.get_close_matches(full_name, self.names(), n=3, cutoff=0.85)
             hint = f"; did you mean {', '.join(close)}?" if close else ""
             raise SchemaError(
                 f"no schema named {full_name!r} in {self.root}{hint} "
