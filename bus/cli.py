@@ -3,6 +3,7 @@
 import asyncio
 import json
 import sys
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +13,7 @@ from bus import __version__
 from bus.config import BusSettings, load_settings
 from bus.errors import BusError
 from bus.events.catalog import SchemaCatalog
+from bus.events.compatibility import Policy, check_catalogs, load_baseline
 from bus.local_kafka import bootstrap_servers_for, local_kafka_from
 from bus.local_kafka.readiness import answers_metadata
 
@@ -117,6 +119,33 @@ def release(schemas_dir: Path) -> None:
         click.echo(f"released {path}")
     if not written:
         click.echo("every schema is released already")
+
+
+@schemas.command("check")
+@click.option(
+    "--against",
+    metavar="REV_OR_DIR",
+    help="A git revision or a schemas folder to compare with [default: HEAD when the schema "
+    "folder has uncommitted changes, else HEAD~1].",
+)
+@click.pass_obj
+def check_schemas(schemas_dir: Path, against: str | None) -> None:
+    """Exit 1 if a schema changed incompatibly (BACKWARD unless compatibility.toml says else)."""
+    reports = check_catalogs(
+        SchemaCatalog.load(schemas_dir),
+        load_baseline(against, schemas_dir),
+        Policy.load(schemas_dir),
+    )
+    for report in reports:
+        if report.status in ("unchanged", "new") and not report.violations:
+            continue
+        click.echo(f"{report.full_name}: {report.status} ({report.mode})")
+        for violation in report.violations:
+            click.echo(f"  {violation.line()}")
+    counts = Counter(report.status for report in reports)
+    click.echo(", ".join(f"{count} {status}" for status, count in sorted(counts.items())), err=True)
+    if any(report.violations for report in reports):
+        sys.exit(1)
 
 
 @main.group()

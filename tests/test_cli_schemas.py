@@ -102,3 +102,43 @@ def test_an_unknown_type_reference_names_file_and_type(schemas: Path) -> None:
     assert listed.returncode == 1
     assert "unknown type 'com.acme.common.Address'" in listed.stderr
     assert "CustomerChanged.avsc" in listed.stderr
+
+
+def git(repo: Path, *args: str) -> None:
+    subprocess.run(
+        ["git", "-c", "user.name=t", "-c", "user.email=t@example.com", *args],
+        cwd=repo,
+        check=True,
+        capture_output=True,
+    )
+
+
+def test_check_against_the_last_commit(tmp_path: Path) -> None:
+    shutil.copytree(ROOT / "schemas", tmp_path / "schemas")
+    git(tmp_path, "init", "-q")
+    git(tmp_path, "add", "schemas")
+    git(tmp_path, "commit", "-qm", "schemas")
+    path = tmp_path / "schemas" / "com" / "acme" / "orders" / "OrderLine.avsc"
+    line = json.loads(path.read_text())
+
+    line["fields"].append({"name": "giftWrap", "type": "boolean", "default": False})
+    path.write_text(json.dumps(line))
+    compatible = bus("schemas", "check", cwd=tmp_path)
+    assert compatible.returncode == 0, compatible.stderr
+    assert "com.acme.orders.OrderLine: compatible (BACKWARD)" in compatible.stdout
+
+    line["fields"].append({"name": "warehouse", "type": "string"})
+    path.write_text(json.dumps(line))
+    broken = bus("schemas", "check", cwd=tmp_path)
+    assert broken.returncode == 1
+    assert (
+        "com.acme.orders.OrderPlaced: lines[].warehouse: BACKWARD: reader field has no default"
+        in broken.stdout
+    )
+    assert "com.acme.orders.OrderLine: warehouse: BACKWARD: reader field has no default" in (
+        broken.stdout
+    )
+    # Against a folder instead of a revision: the repository's own schemas.
+    against = bus("schemas", "check", "--against", str(ROOT / "schemas"), cwd=tmp_path)
+    assert against.returncode == 1
+    assert "2 incompatible" in against.stderr
