@@ -57,6 +57,10 @@ class TruncatedEventError(EventDecodeError):
     """The Avro body ends early, has bytes left over, or holds an impossible length or count."""
 
 
+class InvalidAttributesError(BusError):
+    """An event's CloudEvents attributes are invalid (empty source, bad extension, naive time)."""
+
+
 class EventValidationError(BusError):
     """Event data does not match its schema; `problems` holds (field path, what was expected)."""
 

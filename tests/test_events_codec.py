@@ -1,5 +1,6 @@
 """The event wire format: fingerprints, framing, CloudEvents headers, resolution and bad bytes."""
 
+import dataclasses
 import io
 import json
 import re
@@ -21,6 +22,7 @@ from bus.errors import (
     BadHeaderError,
     EventDecodeError,
     EventValidationError,
+    InvalidAttributesError,
     SchemaError,
     TruncatedEventError,
     UnknownWriterSchemaError,
@@ -436,7 +438,11 @@ async def test_bad_values(
         ("ce_type", None, "missing header(s) ce_type"),
         ("ce_specversion", b"0.3", "ce_specversion is '0.3', expected '1.0'"),
         ("ce_time", b"yesterday", "ce_time 'yesterday' is not an RFC 3339 timestamp"),
-        ("ce_time", b"2026-11-24T01:40:06", "has no time zone offset"),
+        ("ce_time", b"2026-11-24T01:40:06", "is not an RFC 3339 timestamp"),
+        ("ce_time", b"20261124T014006Z", "is not an RFC 3339 timestamp"),
+        ("ce_time", b"2026-11-24 01:40:06Z", "is not an RFC 3339 timestamp"),
+        ("ce_time", b"2026-02-30T01:40:06Z", "is not a valid time"),
+        ("ce_id", b"", "missing header(s) ce_id"),
         ("ce_source", b"\xff\xfe", "header 'ce_source' is not valid UTF-8"),
     ],
 )
@@ -444,6 +450,42 @@ async def test_bad_headers(name: str, value: bytes | None, message: str) -> None
     key, payload, headers = await encoded_customer()
     with pytest.raises(BadHeaderError, match=re.escape(message)):
         await EventCodec(CATALOG).decode(key, payload, replace_header(headers, name, value))
+
+
+async def test_header_without_a_value() -> None:
+    key, payload, headers = await encoded_customer()
+    # Kafka allows null header values: other systems' headers may be null, ours may not.
+    decoded = await EventCodec(CATALOG).decode(key, payload, [*headers, ("x-retry", None)])  # type: ignore[list-item]
+    assert decoded.event.id == "e-1"
+    with pytest.raises(BadHeaderError, match="header 'ce_subject' has no value"):
+        await EventCodec(CATALOG).decode(
+            key,
+            payload,
+            [*replace_header(headers, "ce_subject", None), ("ce_subject", None)],  # type: ignore[list-item]
+        )
+
+
+async def test_lowercase_rfc3339_time_is_read() -> None:
+    key, payload, headers = await encoded_customer()
+    headers = replace_header(headers, "ce_time", b"2026-11-24t01:40:06.123z")
+    assert (await EventCodec(CATALOG).decode(key, payload, headers)).event.time == WHEN
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"source": ""}, "source and type must not be empty"),
+        ({"time": datetime(2026, 11, 24, 1, 40)}, "has no time zone"),
+        ({"extensions": {"Parent-Id": "x"}}, "extension name 'Parent-Id' must be 1-20 lowercase"),
+        ({"extensions": {"retries": 3}}, "extension 'retries' must be text, not int"),
+    ],
+)
+async def test_invalid_attributes_are_refused_when_encoding(
+    changes: dict[str, Any], message: str
+) -> None:
+    event = dataclasses.replace(customer_event(), **changes)
+    with pytest.raises(InvalidAttributesError, match=re.escape(message)):
+        await EventCodec(CATALOG).encode(event)
 
 
 async def test_no_headers_at_all() -> None:
@@ -543,3 +585,86 @@ async def test_round_trip_property(
     bare = io.BytesIO()
     schemaless_writer(bare, schema.parsed, dict(event.data))
     assert record.value[10:] == bare.getvalue()
+
+
+# --- review findings: schema shapes the validator and reader must handle ----------------------
+
+
+async def test_named_fixed_decimal_reused_and_bytes_defaults(tmp_path: Path) -> None:
+    price = {"type": "fixed", "name": "Price", "size": 8, "logicalType": "decimal",
+             "precision": 18, "scale": 2}  # fmt: skip
+    write_schema(
+        tmp_path,
+        record(
+            "Quote",
+            {"name": "bid", "type": price},
+            {"name": "ask", "type": "com.acme.t.Price"},
+            {"name": "tag", "type": "bytes", "default": "\u00ff\u0000"},
+            {"name": "rate", "type": "double"},
+        ),
+    )
+    catalog = SchemaCatalog.load(tmp_path)
+    schema = catalog.current("com.acme.t.Quote")
+    data = validated(schema, {"bid": "1.25", "ask": "1.30", "rate": 0.5})
+    assert data["tag"] == b"\xff\x00"
+    codec = EventCodec(catalog)
+    decoded = await codec.decode(
+        *astuple(await codec.encode(Event(type=schema.full_name, data=data)))
+    )
+    assert decoded.event.data["ask"] == Decimal("1.30")
+    with pytest.raises(EventValidationError, match=r"rate: .*finite number"):
+        validated(schema, {"bid": "1", "ask": "1", "rate": float("inf")})
+
+
+async def test_an_oversized_decimal_is_refused_fast(tmp_path: Path) -> None:
+    write_schema(tmp_path, record("Amount", {"name": "value", "type": {
+        "type": "bytes", "logicalType": "decimal", "precision": 18, "scale": 2}}))  # fmt: skip
+    catalog = SchemaCatalog.load(tmp_path)
+    writer = catalog.current("com.acme.t.Amount")
+    # A forged 1 MB decimal: fastavro alone would spend minutes converting it.
+    size = 1_000_000
+    length = bytearray()
+    zigzag = size << 1
+    while zigzag > 0x7F:
+        length.append((zigzag & 0x7F) | 0x80)
+        zigzag >>= 7
+    length.append(zigzag)
+    value = b"\xc3\x01" + writer.fingerprint + bytes(length) + b"\x01" * size
+    headers = [("ce_specversion", b"1.0"), ("ce_id", b"x"), ("ce_source", b"/t"),
+               ("ce_type", b"com.acme.t.Amount")]  # fmt: skip
+    with pytest.raises(TruncatedEventError, match="precision 18 takes at most 9 bytes"):
+        await EventCodec(catalog).decode(None, value, headers)
+
+
+def test_a_type_defined_twice_is_refused(tmp_path: Path) -> None:
+    write_schema(
+        tmp_path, {"type": "enum", "name": "B", "namespace": "com.acme.t", "symbols": ["Q"]}
+    )
+    inline = {"type": "enum", "name": "B", "namespace": "com.acme.t", "symbols": ["Z"]}
+    write_schema(tmp_path, record("D", {"name": "b", "type": inline}))
+    with pytest.raises(SchemaError, match=r"defines com\.acme\.t\.B again; it is already defined"):
+        SchemaCatalog.load(tmp_path)
+
+
+def test_invalid_avro_is_refused(tmp_path: Path) -> None:
+    write_schema(tmp_path, record("E", {"name": "u", "type": ["null", "null"]}))
+    with pytest.raises(SchemaError, match=r"E\.avsc: not a valid Avro schema"):
+        SchemaCatalog.load(tmp_path)
+
+
+def test_a_logical_type_change_is_a_new_version(tmp_path: Path) -> None:
+    def amount(scale: int) -> dict[str, Any]:
+        kind = {"type": "bytes", "logicalType": "decimal", "precision": 18, "scale": scale}
+        return record("Amount", {"name": "value", "type": kind})
+
+    write_schema(tmp_path, amount(2))
+    SchemaCatalog.load(tmp_path).release()
+    write_schema(tmp_path, amount(4))
+    catalog = SchemaCatalog.load(tmp_path)
+    assert [(v.version, v.released) for v in catalog.versions("com.acme.t.Amount")] == [
+        (1, True),
+        (2, False),
+    ]
+    # Going back to the released version makes it current again, not "missing".
+    write_schema(tmp_path, amount(2))
+    assert SchemaCatalog.load(tmp_path).current("com.acme.t.Amount").version == 1

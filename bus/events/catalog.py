@@ -12,17 +12,20 @@ import difflib
 import json
 import re
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
+import avro.errors
+import avro.schema
 from fastavro.schema import SchemaParseException, UnknownType, parse_schema
 
 from bus.errors import SchemaError
 from bus.events.canonical import Schema, canonical_form, fingerprint, self_contained
 
 HISTORY_DIR = "history"
-_VERSION_FILE = re.compile(r"v(\d+)\.avsc")
+_VERSION_FILE = re.compile(r"v([1-9]\d*)\.avsc")
 _NAMED_KINDS = ("record", "error", "enum", "fixed")
 
 
@@ -71,6 +74,12 @@ class SchemaVersion:
         """The self-contained schema as compact JSON text."""
         return json.dumps(self.schema, separators=(",", ":"))
 
+    @cached_property
+    def identity(self) -> str:
+        """What makes two versions the same: everything but documentation. The fingerprint is
+        not enough: the canonical form drops logical types, defaults and aliases."""
+        return json.dumps(_without_docs(self.schema), sort_keys=True, separators=(",", ":"))
+
 
 class SchemaCatalog:
     """Schemas by full name (current and older versions) and by fingerprint."""
@@ -78,10 +87,16 @@ class SchemaCatalog:
     def __init__(self, versions: Iterable[SchemaVersion], root: Path) -> None:
         self.root = root
         self._versions: dict[str, list[SchemaVersion]] = {}
+        self._current: dict[str, SchemaVersion] = {}
         self._by_fingerprint: dict[bytes, SchemaVersion] = {}
-        for version in sorted(versions, key=lambda v: (v.full_name, v.version)):
+        for version in sorted(versions, key=lambda v: (v.full_name, v.version, v.current)):
             self._versions.setdefault(version.full_name, []).append(version)
+            # Versions that differ only in what the canonical form drops (defaults, aliases)
+            # share a fingerprint and read alike; the newest stands for them.
             self._by_fingerprint[version.fingerprint] = version
+            if version.current:
+                self._current[version.full_name] = version
+        self._names = frozenset(self._current)
 
     @classmethod
     def load(cls, root: Path) -> "SchemaCatalog":
@@ -92,19 +107,11 @@ class SchemaCatalog:
         versions: list[SchemaVersion] = []
         for name, (schema, source) in _load_current(root).items():
             history = released.pop(name, [])
-            printed = fingerprint(schema)
-            same = next((v for v in history if v.fingerprint == printed), None)
+            current = SchemaVersion.of(schema, version=0, source=str(source), current=True)
+            same = next((v for v in history if v.identity == current.identity), None)
             number = same.version if same else max((v.version for v in history), default=0) + 1
             versions.extend(v for v in history if v is not same)
-            versions.append(
-                SchemaVersion.of(
-                    schema,
-                    version=number,
-                    source=str(source),
-                    current=True,
-                    released=same is not None,
-                )
-            )
+            versions.append(replace(current, version=number, released=same is not None))
         # A released type whose file is gone stays readable: old events may still carry it.
         for history in released.values():
             versions.extend(history)
@@ -112,22 +119,25 @@ class SchemaCatalog:
 
     def names(self) -> list[str]:
         """Full names of the types that have a current schema file."""
-        return [name for name, versions in self._versions.items() if versions[-1].current]
+        return sorted(self._names)
+
+    def has_current(self, full_name: str) -> bool:
+        return full_name in self._names
 
     def current(self, full_name: str) -> SchemaVersion:
         """The version producers write: the schema file's, released or not."""
-        versions = self._versions.get(full_name)
-        if not versions or not versions[-1].current:
+        version = self._current.get(full_name)
+        if version is None:
             close = difflib.get_close_matches(full_name, self.names(), n=3, cutoff=0.85)
             hint = f"; did you mean {', '.join(close)}?" if close else ""
             raise SchemaError(
                 f"no schema named {full_name!r} in {self.root}{hint} "
                 "(a schema's name is its namespace and name, e.g. com.acme.crm.CustomerChanged)"
             )
-        return versions[-1]
+        return version
 
     def versions(self, full_name: str) -> list[SchemaVersion]:
-        """Every known version of a type, oldest first (the current one last)."""
+        """Every known version of a type, by version number (released, then the current one)."""
         return list(self._versions.get(full_name, []))
 
     def by_fingerprint(self, value: bytes) -> SchemaVersion | None:
@@ -151,13 +161,60 @@ class SchemaCatalog:
             yield from versions
 
 
+def _without_docs(schema: Schema) -> Schema:
+    if isinstance(schema, list):
+        return [_without_docs(branch) for branch in schema]
+    if isinstance(schema, dict):
+        return {key: _without_docs(value) for key, value in schema.items() if key != "doc"}
+    return schema
+
+
 def _read_json(path: Path) -> Any:
     try:
-        return json.loads(path.read_text())
+        return json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as error:
         raise SchemaError(
             f"{path}:{error.lineno}:{error.colno}: not valid JSON ({error.msg})"
         ) from error
+    except UnicodeDecodeError as error:
+        raise SchemaError(
+            f"{path}: not UTF-8 text ({error.reason} at byte {error.start})"
+        ) from error
+    except OSError as error:
+        raise SchemaError(f"{path}: cannot be read: {error.strerror}") from error
+
+
+def _strict(schema: Schema, path: Path) -> Schema:
+    """fastavro is lenient; Java is not. Refuse here what other readers would refuse later,
+    and arrays of zero-size items, whose element count costs nothing to forge."""
+    try:
+        avro.schema.parse(json.dumps(schema))
+    except (avro.errors.AvroException, TypeError, ValueError) as error:
+        raise SchemaError(f"{path}: not a valid Avro schema: {error}") from error
+    for node in _nodes(schema):
+        if isinstance(node, dict) and node.get("type") in ("array", "map"):
+            inner = node["items" if node["type"] == "array" else "values"]
+            if inner == "null" or (isinstance(inner, dict) and inner.get("fields") == []):
+                raise SchemaError(
+                    f"{path}: an {node['type']} of null or of empty records carries no data; "
+                    "give its elements a type with content"
+                )
+        if isinstance(node, list) and not node:
+            raise SchemaError(f"{path}: a union needs at least one branch")
+    return schema
+
+
+def _nodes(schema: Schema) -> Iterator[Schema]:
+    yield schema
+    if isinstance(schema, list):
+        for branch in schema:
+            yield from _nodes(branch)
+    elif isinstance(schema, dict):
+        for key in ("type", "items", "values"):
+            if isinstance(schema.get(key), dict | list):
+                yield from _nodes(schema[key])
+        for field in schema.get("fields", ()):
+            yield from _nodes(field["type"])
 
 
 def _load_current(root: Path) -> dict[str, tuple[Schema, Path]]:
@@ -168,6 +225,7 @@ def _load_current(root: Path) -> dict[str, tuple[Schema, Path]]:
         if path.relative_to(root).parts[0] != HISTORY_DIR
     }
     named: dict[str, Schema] = {}
+    defined_in: dict[str, Path] = {}
     parsed: dict[str, tuple[Schema, Path]] = {}
     while pending:
         before = len(pending)
@@ -182,8 +240,13 @@ def _load_current(root: Path) -> dict[str, tuple[Schema, Path]]:
             except (SchemaParseException, TypeError, KeyError, ValueError) as error:
                 raise SchemaError(f"{path}: not a valid Avro schema: {error}") from error
             name = _check_file_name(root, path, schema)
-            if name in parsed:
-                raise SchemaError(f"{path}: {name} is already defined in {parsed[name][1]}")
+            # fastavro lets a later definition of a name replace an earlier one silently.
+            for redefined in (n for n in named if attempt[n] is not named[n]):
+                raise SchemaError(
+                    f"{path}: defines {redefined} again; it is already defined in "
+                    f"{defined_in[redefined]} (refer to it by name instead)"
+                )
+            defined_in.update((n, path) for n in attempt.keys() - named.keys())
             named = attempt
             parsed[name] = (schema, path)
             del pending[path]
@@ -193,7 +256,10 @@ def _load_current(root: Path) -> dict[str, tuple[Schema, Path]]:
                 f"{problems} (refer to types in other files by full name, "
                 "e.g. com.acme.common.Address, and check that their files exist)"
             )
-    return {name: (self_contained(schema, named), path) for name, (schema, path) in parsed.items()}
+    return {
+        name: (_strict(self_contained(schema, named), path), path)
+        for name, (schema, path) in parsed.items()
+    }
 
 
 def _check_file_name(root: Path, path: Path, schema: Schema) -> str:
@@ -224,7 +290,7 @@ def _load_history(folder: Path) -> dict[str, list[SchemaVersion]]:
         name = schema.get("name") if isinstance(schema, dict) else None
         if name != path.parent.name:
             raise SchemaError(f"{path}: holds {name}, but its folder says {path.parent.name}")
-        clean = self_contained(schema, {})
+        clean = _strict(self_contained(schema, {}), path)
         number = int(match.group(1))
         released.setdefault(name, []).append(
             SchemaVersion.of(clean, version=number, source=str(path), released=True)

@@ -10,7 +10,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from bus.errors import BadHeaderError
+from bus.errors import BadHeaderError, InvalidAttributesError
 
 SPEC_VERSION = "1.0"
 AVRO_CONTENT_TYPE = "application/avro"
@@ -18,7 +18,8 @@ _PREFIX = "ce_"
 _REQUIRED = ("ce_specversion", "ce_id", "ce_source", "ce_type")
 _CORE = frozenset({"specversion", "id", "source", "type", "time", "subject"})
 _EXTENSION_NAME = re.compile(r"[a-z0-9]{1,20}")
-Headers = Sequence[tuple[str, bytes]]
+_RFC3339 = re.compile(r"\d{4}-\d{2}-\d{2}[Tt]\d{2}:\d{2}:\d{2}(\.\d+)?([Zz]|[+-]\d{2}:\d{2})")
+Headers = Sequence[tuple[str, bytes | None]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,14 +35,34 @@ class Attributes:
 
 def format_time(moment: datetime) -> str:
     """RFC 3339 in UTC with milliseconds, e.g. 2026-11-24T01:40:06.123Z."""
-    return (
-        moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
-    )
+    if moment.tzinfo is None:
+        raise InvalidAttributesError(
+            f"time {moment.isoformat()} has no time zone; give an aware datetime (e.g. UTC)"
+        )
+    utc = moment.astimezone(UTC)
+    return utc.strftime("%Y-%m-%dT%H:%M:%S.") + f"{utc.microsecond // 1000:03d}Z"
+
+
+def parse_time(text: str) -> datetime:
+    """An RFC 3339 timestamp (`T`/`Z` in either case, any offset) as an aware datetime."""
+    if not _RFC3339.fullmatch(text):
+        raise BadHeaderError(
+            f"ce_time {text!r} is not an RFC 3339 timestamp like 2026-11-24T01:40:06.123Z"
+        )
+    try:
+        return datetime.fromisoformat(text.upper().replace("Z", "+00:00"))
+    except ValueError as error:  # e.g. a 30th of February, or a leap second (23:59:60)
+        raise BadHeaderError(f"ce_time {text!r} is not a valid time: {error}") from error
 
 
 def to_headers(
     attributes: Attributes, trace: Mapping[str, str] | None = None
 ) -> list[tuple[str, bytes]]:
+    if not attributes.id or not attributes.source or not attributes.type:
+        raise InvalidAttributesError(
+            "CloudEvents id, source and type must not be empty "
+            f"(id={attributes.id!r}, source={attributes.source!r}, type={attributes.type!r})"
+        )
     headers = [
         ("ce_specversion", SPEC_VERSION.encode()),
         ("ce_id", attributes.id.encode()),
@@ -54,9 +75,13 @@ def to_headers(
         headers.append(("ce_subject", attributes.subject.encode()))
     for name, value in attributes.extensions.items():
         if name in _CORE or not _EXTENSION_NAME.fullmatch(name):
-            raise ValueError(
+            raise InvalidAttributesError(
                 f"CloudEvents extension name {name!r} must be 1-20 lowercase letters or digits "
                 "and not a core attribute"
+            )
+        if not isinstance(value, str):
+            raise InvalidAttributesError(
+                f"CloudEvents extension {name!r} must be text, not {type(value).__name__}"
             )
         headers.append((_PREFIX + name, value.encode()))
     if attributes.content_type is not None:
@@ -70,6 +95,10 @@ def from_headers(headers: Headers) -> tuple[Attributes, dict[str, str]]:
     """The CloudEvents attributes and the trace context headers of a record."""
     text: dict[str, str] = {}
     for name, raw in headers:
+        if raw is None:  # Kafka allows a header without a value
+            if name.startswith(_PREFIX) or name == "content-type":
+                raise BadHeaderError(f"header {name!r} has no value")
+            continue
         try:
             text[name] = raw.decode()
         except UnicodeDecodeError as error:
@@ -88,16 +117,7 @@ def from_headers(headers: Headers) -> tuple[Attributes, dict[str, str]]:
         raise BadHeaderError(
             f"ce_specversion is {text['ce_specversion']!r}, expected {SPEC_VERSION!r}"
         )
-    time = None
-    if "ce_time" in text:
-        try:
-            time = datetime.fromisoformat(text["ce_time"])
-        except ValueError as error:
-            raise BadHeaderError(
-                f"ce_time {text['ce_time']!r} is not an RFC 3339 timestamp"
-            ) from error
-        if time.tzinfo is None:
-            raise BadHeaderError(f"ce_time {text['ce_time']!r} has no time zone offset")
+    time = parse_time(text["ce_time"]) if "ce_time" in text else None
     extensions = {
         name[len(_PREFIX) :]: value
         for name, value in text.items()

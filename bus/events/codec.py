@@ -8,19 +8,22 @@ from typing import Any, Protocol
 
 from fastavro import schemaless_reader, schemaless_writer
 from fastavro.read import SchemaResolutionError
-from fastavro.schema import parse_schema
+from fastavro.schema import SchemaParseException, parse_schema
 
 from bus.errors import (
     EventDecodeError,
     EventValidationError,
+    SchemaRegistryError,
     TruncatedEventError,
     UnknownWriterSchemaError,
 )
-from bus.events import cloudevents, framing
+from bus.events import cloudevents, decimals, framing
 from bus.events.canonical import Schema, fingerprint, self_contained
 from bus.events.catalog import SchemaCatalog, SchemaVersion
 from bus.events.event import Event
 from bus.events.validation import explain_invalid
+
+decimals.install()
 
 
 class SchemaIds(Protocol):
@@ -61,14 +64,14 @@ class EventCodec:
         self.catalog = catalog
         self.registry = registry
         self._registry_writers: dict[int, SchemaVersion] = {}
+        self._registry_ids: dict[bytes, int] = {}  # the id each of our writers got
 
     async def encode(self, event: Event, trace: Mapping[str, str] | None = None) -> KafkaRecord:
         writer = self.catalog.current(event.type)
         if self.registry is None:
             prefix = framing.single_object(writer.fingerprint)
         else:
-            schema_id = await self.registry.register(writer.full_name, writer.to_json())
-            prefix = framing.confluent(schema_id)
+            prefix = framing.confluent(await self._registry_id(writer))
         buffer = io.BytesIO()
         buffer.write(prefix)
         try:
@@ -108,7 +111,7 @@ class EventCodec:
                 f"ce_type says {attributes.type!r} but the value was written with schema "
                 f"{writer.full_name!r}; the record is inconsistent"
             )
-        if reader is None and writer.full_name not in self.catalog.names():
+        if reader is None and not self.catalog.has_current(writer.full_name):
             reading = writer  # known only to the registry: read it as it was written
         else:
             reading = self.catalog.current(reader or writer.full_name)
@@ -125,6 +128,14 @@ class EventCodec:
             extensions=attributes.extensions,
         )
         return DecodedEvent(event=event, writer=writer, schema_id=frame.schema_id, trace=trace)
+
+    async def _registry_id(self, writer: SchemaVersion) -> int:
+        schema_id = self._registry_ids.get(writer.fingerprint)
+        if schema_id is None:
+            assert self.registry is not None  # noqa: S101 -- only called with a registry
+            schema_id = await self.registry.register(writer.full_name, writer.to_json())
+            self._registry_ids[writer.fingerprint] = schema_id
+        return schema_id
 
     async def _writer(self, frame: framing.Frame) -> SchemaVersion:
         if frame.fingerprint is not None:
@@ -148,14 +159,24 @@ class EventCodec:
                 f"the value is Confluent-framed (schema id {schema_id}) but no schema registry "
                 "is configured; set the registry URL to read it"
             )
-        text = await self.registry.schema_by_id(schema_id)
+        try:
+            text = await self.registry.schema_by_id(schema_id)
+        except SchemaRegistryError as error:
+            raise UnknownWriterSchemaError(
+                f"cannot get writer schema id {schema_id} from the registry: {error}"
+            ) from error
         named: dict[str, Schema] = {}
         try:
             schema = self_contained(parse_schema(json.loads(text), named_schemas=named), named)
-        except (ValueError, TypeError, KeyError) as error:
+        except (ValueError, TypeError, KeyError, SchemaParseException) as error:
             raise UnknownWriterSchemaError(
                 f"schema id {schema_id} from the registry is not a valid Avro schema: {error}"
             ) from error
+        if not isinstance(schema, dict) or schema.get("type") != "record":
+            raise UnknownWriterSchemaError(
+                f"schema id {schema_id} from the registry is not a record schema; events are "
+                "records"
+            )
         # The same schema may be in the catalog; prefer its entry, which knows its version.
         writer = self.catalog.by_fingerprint(fingerprint(schema))
         if writer is None:

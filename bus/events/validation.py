@@ -24,8 +24,8 @@ _PRIMITIVES: dict[str, Any] = {
     "boolean": bool,
     "int": _INT,
     "long": _LONG,
-    "float": float,
-    "double": float,
+    "float": Annotated[float, Field(allow_inf_nan=False, ge=-3.4028235e38, le=3.4028235e38)],
+    "double": Annotated[float, Field(allow_inf_nan=False)],
     "bytes": bytes,
     "string": str,
 }
@@ -39,7 +39,8 @@ _LOGICAL: dict[str, Any] = {
     "time-micros": time,
     "uuid": UUID,
 }
-_models: dict[bytes, tuple[type[BaseModel], frozenset[str]]] = {}
+_NAMED = ("record", "error", "enum", "fixed")
+_models: dict[str, tuple[type[BaseModel], frozenset[str]]] = {}
 
 
 def validated(version: SchemaVersion, data: Mapping[str, Any] | BaseModel) -> dict[str, Any]:
@@ -65,11 +66,11 @@ def explain_invalid(version: SchemaVersion, data: Mapping[str, Any]) -> list[tup
 
 def _model(version: SchemaVersion) -> tuple[type[BaseModel], frozenset[str]]:
     """The model of a schema version, and every field name in it (to read error paths)."""
-    cached = _models.get(version.fingerprint)
+    cached = _models.get(version.identity)  # not the fingerprint: it ignores logical types
     if cached is None:
         named: dict[str, Any] = {}
         cached = (_build(version.schema, named), _field_names(version.schema))
-        _models[version.fingerprint] = cached
+        _models[version.identity] = cached
     return cached
 
 
@@ -98,6 +99,8 @@ def _build(schema: Schema, models: dict[str, Any]) -> Any:
         raise SchemaError(f"{schema} refers to itself; recursive schemas cannot be validated")
     if isinstance(schema, list):
         branches = [_build(branch, models) for branch in schema if branch != "null"]
+        if not branches:
+            return None
         joined = branches[0] if len(branches) == 1 else Union[tuple(branches)]  # noqa: UP007
         return Optional[joined] if "null" in schema else joined  # noqa: UP045
     return _build_complex(schema, models)
@@ -106,25 +109,26 @@ def _build(schema: Schema, models: dict[str, Any]) -> Any:
 def _build_complex(schema: dict[str, Any], models: dict[str, Any]) -> Any:
     kind = schema["type"]
     logical = schema.get("logicalType")
+    result: Any
     if logical == "decimal":
         places = schema.get("scale", 0)
-        return Annotated[Decimal, Field(max_digits=schema["precision"], decimal_places=places)]
-    if logical in _LOGICAL:
-        return _LOGICAL[logical]
-    result: Any
-    if kind in ("record", "error"):
+        result = Annotated[Decimal, Field(max_digits=schema["precision"], decimal_places=places)]
+    elif logical in _LOGICAL:
+        result = _LOGICAL[logical]
+    elif kind in ("record", "error"):
         result = _record_model(schema, models)
     elif kind == "enum":
         result = Literal[tuple(schema["symbols"])]
     elif kind == "fixed":
         result = Annotated[bytes, Field(min_length=schema["size"], max_length=schema["size"])]
     elif kind == "array":
-        return list[_build(schema["items"], models)]  # type: ignore[misc]
+        result = list[_build(schema["items"], models)]  # type: ignore[misc]
     elif kind == "map":
-        return dict[str, _build(schema["values"], models)]  # type: ignore[misc]
+        result = dict[str, _build(schema["values"], models)]  # type: ignore[misc]
     else:
-        return _build(kind, models)
-    models[schema["name"]] = result
+        result = _build(kind, models)
+    if kind in _NAMED and "name" in schema:  # later references by name get the same type
+        models[schema["name"]] = result
     return result
 
 
@@ -133,13 +137,29 @@ def _record_model(schema: dict[str, Any], models: dict[str, Any]) -> type[BaseMo
     for index, field in enumerate(schema["fields"]):
         annotation = _build(field["type"], models)
         # Aliased names, because Avro field names may clash with BaseModel's attributes.
-        fields[f"f{index}"] = (annotation, Field(field.get("default", ...), alias=field["name"]))
+        default = _default(field["type"], field["default"]) if "default" in field else ...
+        fields[f"f{index}"] = (annotation, Field(default, alias=field["name"]))
     model: type[BaseModel] = create_model(
         schema["name"].rpartition(".")[2],
         __config__=ConfigDict(extra="forbid", validate_by_alias=True, validate_by_name=False),
         **fields,
     )
     return model
+
+
+def _default(schema: Schema, value: Any) -> Any:
+    """An Avro JSON default as the writer takes it: bytes defaults are strings of code points
+    0-255, and a union's default belongs to its first branch."""
+    if isinstance(schema, list):
+        return _default(schema[0], value)
+    kind = schema.get("type") if isinstance(schema, dict) else schema
+    if kind in ("bytes", "fixed") and isinstance(value, str):
+        raw = value.encode("latin-1")
+        if isinstance(schema, dict) and schema.get("logicalType") == "decimal":
+            unscaled = int.from_bytes(raw, "big", signed=True)
+            return Decimal(unscaled).scaleb(-schema.get("scale", 0))
+        return raw
+    return value
 
 
 def _problems(invalid: ValidationError, names: frozenset[str]) -> list[tuple[str, str]]:
