@@ -37,7 +37,7 @@ kafka-jars: setup
 
 # Without KAFKA_BOOTSTRAP_SERVERS, bus run fetches the jars and starts the local broker itself.
 run: setup
-	$(BUS) run
+	$(BUS) run examples/flows/*.yaml
 
 lint: setup
 	$(VENV)/bin/ruff check $(SOURCES)

@@ -2,8 +2,11 @@
 
 import asyncio
 import json
+import logging
+import signal
 import sys
 from collections import Counter
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +17,10 @@ from bus.config import BusSettings, load_settings
 from bus.errors import BusError
 from bus.events.catalog import SchemaCatalog
 from bus.events.compatibility import Policy, check_catalogs, load_baseline
+from bus.flows.loading import FlowFileError, load_flow_files
+from bus.flows.model import FlowSet
+from bus.flows.runtime import run_flows, select
+from bus.flows.validation import flow_file_json_schema, validate_flows
 from bus.local_kafka import bootstrap_servers_for, local_kafka_from
 from bus.local_kafka.readiness import answers_metadata
 
@@ -40,13 +47,85 @@ def main() -> None:
     """bus: an enterprise service bus on Apache Kafka and Avro."""
 
 
+FlowFiles = click.Path(exists=True, dir_okay=False, path_type=Path)
+
+
 @main.command()
-def run() -> None:
-    """Run the declared flows against Kafka (the local broker unless one is configured)."""
+@click.argument("files", nargs=-1, required=True, type=FlowFiles)
+@click.option("--only", multiple=True, metavar="NAME", help="Run only this mediation flow.")
+@click.option(
+    "--shutdown-grace",
+    default=30.0,
+    show_default=True,
+    help="Seconds to finish in-flight work after SIGINT/SIGTERM.",
+)
+def run(files: tuple[Path, ...], only: tuple[str, ...], shutdown_grace: float) -> None:
+    """Run the mediation flows of FILES against Kafka until SIGINT or SIGTERM.
+
+    Kafka is the flow files' `kafka.bootstrap_servers`, else KAFKA_BOOTSTRAP_SERVERS, else the
+    local broker (started if needed).
+    """
     settings = load_settings()
-    bootstrap = asyncio.run(_reachable_kafka(settings))
-    click.echo(f"Kafka: {bootstrap}")
-    click.echo("No flows are defined yet, so bus run has nothing to run and exits.")
+    flows, catalog = _checked_flows(files, settings)
+    if flows.kafka and flows.kafka.bootstrap_servers:
+        settings = settings.model_copy(
+            update={"kafka_bootstrap_servers": flows.kafka.bootstrap_servers}
+        )
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    asyncio.run(_run_flows(flows, catalog, settings, only, shutdown_grace))
+
+
+async def _run_flows(
+    flows: FlowSet,
+    catalog: SchemaCatalog,
+    settings: BusSettings,
+    only: tuple[str, ...],
+    shutdown_grace: float,
+) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
+    bootstrap = await _reachable_kafka(settings)
+    names = select(flows, only)
+    click.echo(f"running {', '.join(names)} on Kafka {bootstrap}; Ctrl-C stops", err=True)
+    await run_flows(
+        flows,
+        catalog,
+        bootstrap_servers=bootstrap,
+        only=only,
+        shutdown_grace=shutdown_grace,
+        stop=stop,
+    )
+    click.echo("stopped: in-flight work finished and committed", err=True)
+
+
+@main.command()
+@click.argument("files", nargs=-1, required=True, type=FlowFiles)
+def validate(files: tuple[Path, ...]) -> None:
+    """Check flow files without connecting to anything: shape, schemas, expressions, mappings."""
+    flows, _ = _checked_flows(files, load_settings())
+    click.echo(
+        f"{len(files)} file(s) valid: {len(flows.inbound)} inbound, "
+        f"{len(flows.mediation)} mediation, {len(flows.outbound)} outbound"
+    )
+
+
+@main.command("schema-json")
+def schema_json() -> None:
+    """Print the JSON Schema of a flow file, for editors."""
+    click.echo(json.dumps(flow_file_json_schema(), indent=2))
+
+
+def _checked_flows(files: Sequence[Path], settings: BusSettings) -> tuple[FlowSet, SchemaCatalog]:
+    flows = load_flow_files(files)
+    catalog = SchemaCatalog.load(settings.schemas_dir)
+    problems = validate_flows(flows, catalog)
+    if problems:
+        raise FlowFileError(problems)
+    return flows, catalog
 
 
 async def _reachable_kafka(settings: BusSettings) -> str:

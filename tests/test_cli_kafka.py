@@ -3,6 +3,7 @@
 import asyncio
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -14,7 +15,7 @@ import pytest
 
 from bus.local_kafka.distribution import _java_major
 from bus.local_kafka.readiness import answers_metadata
-from tests.conftest import free_port, kafka_cache_dir
+from tests.conftest import ROOT, free_port, kafka_cache_dir
 
 Bus = Callable[..., subprocess.CompletedProcess[str]]
 
@@ -170,48 +171,94 @@ def test_missing_maven_says_what_to_install(bus: Bus, tmp_path: Path) -> None:
     assert "KAFKA_BOOTSTRAP_SERVERS" in fetched.stderr
 
 
-def test_run_with_configured_cluster_never_starts_a_broker(
-    bus: Bus, bootstrap_servers: str, home: Path
+FLOWS = str(ROOT / "examples" / "flows" / "customers.yaml")
+
+
+class RunningBus:
+    """`bus run` as a subprocess, read line by line until it says it runs."""
+
+    def __init__(self, env: dict[str, str]) -> None:
+        self.env = env
+        self.stderr: list[str] = []
+        self.process: asyncio.subprocess.Process | None = None
+
+    async def start(self, *args: str) -> None:
+        self.process = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "bus", "run", *args,
+            env=self.env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+
+    async def wait_for_line(self, text: str, within: float = 90.0) -> None:
+        assert self.process is not None
+        assert self.process.stderr is not None
+        async with asyncio.timeout(within):
+            while not any(text in line for line in self.stderr):
+                line = await self.process.stderr.readline()
+                if not line:
+                    raise AssertionError(f"bus run ended before saying {text!r}: {self.stderr}")
+                self.stderr.append(line.decode())
+
+    async def stop(self) -> int:
+        assert self.process is not None
+        assert self.process.stderr is not None
+        self.process.send_signal(signal.SIGTERM)
+        rest = await asyncio.wait_for(self.process.stderr.read(), 60)
+        self.stderr.append(rest.decode())
+        return await self.process.wait()
+
+
+async def test_run_with_configured_cluster_never_starts_a_broker(
+    bus_env: dict[str, str], bootstrap_servers: str, home: Path
 ) -> None:
-    ran = bus("run", KAFKA_BOOTSTRAP_SERVERS=bootstrap_servers)
-    assert ran.returncode == 0, ran.stderr
-    assert f"Kafka: {bootstrap_servers}" in ran.stdout
-    assert "No flows are defined yet" in ran.stdout
+    running = RunningBus({**bus_env, "KAFKA_BOOTSTRAP_SERVERS": bootstrap_servers})
+    await running.start(FLOWS)
+    await running.wait_for_line(f"running customer-upserts on Kafka {bootstrap_servers}")
+    assert await running.stop() == 0
+    assert "stopped: in-flight work finished and committed" in "".join(running.stderr)
     assert not (home / "kafka").exists()
     assert our_java_processes(home) == []
 
 
 def test_run_with_unreachable_cluster_fails_clearly(bus: Bus, home: Path) -> None:
     nowhere = f"127.0.0.1:{free_port()}"
-    ran = bus("run", KAFKA_BOOTSTRAP_SERVERS=nowhere)
+    ran = bus("run", FLOWS, KAFKA_BOOTSTRAP_SERVERS=nowhere)
     assert ran.returncode == 1
     assert f"Kafka at {nowhere} does not answer" in ran.stderr
     assert not (home / "kafka").exists()
 
 
+def test_run_needs_flow_files(bus: Bus) -> None:
+    ran = bus("run")
+    assert ran.returncode == 2
+    assert "Missing argument 'FILES...'" in ran.stderr
+
+
 async def test_run_without_cluster_starts_the_local_broker(
-    bus: Bus, bus_env: dict[str, str], home: Path
+    bus_env: dict[str, str], home: Path
 ) -> None:
     bootstrap = f"127.0.0.1:{bus_env['BUS_KAFKA_PORT']}"
     # Two runs at once on one data directory: one starts the broker, the other waits and uses it.
-    both = await asyncio.gather(*(asyncio.to_thread(bus, "run") for _ in range(2)))
-    for ran in both:
-        assert ran.returncode == 0, ran.stderr
-        assert f"Kafka: {bootstrap}" in ran.stdout
-        assert "No flows are defined yet" in ran.stdout
-        assert "using the local Kafka broker" in ran.stderr
-    assert sum("starting the local Kafka broker" in ran.stderr for ran in both) >= 1
-    assert len(our_java_processes(home)) == 1
-    assert await answers_metadata(bootstrap)
-
-    # A later run finds the running broker instead of starting another.
-    again = bus("run")
-    assert again.returncode == 0, again.stderr
-    assert "starting" not in again.stderr
-    assert len(our_java_processes(home)) == 1
-
-    assert bus("kafka", "stop").returncode == 0
+    runs = [RunningBus(bus_env), RunningBus(bus_env)]
+    for running in runs:
+        await running.start(FLOWS)
+    try:
+        for running in runs:
+            await running.wait_for_line(f"running customer-upserts on Kafka {bootstrap}")
+            assert any("using the local Kafka broker" in line for line in running.stderr)
+        assert sum("starting the local Kafka broker" in "".join(r.stderr) for r in runs) >= 1
+        assert len(our_java_processes(home)) == 1
+        assert await answers_metadata(bootstrap)
+    finally:
+        assert [await running.stop() for running in runs] == [0, 0]
+    assert bus_stop(bus_env).returncode == 0
     assert our_java_processes(home) == []
+
+
+def bus_stop(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "bus", "kafka", "stop"],
+        env=env, capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
 
 
 @pytest.mark.parametrize(

@@ -10,8 +10,10 @@ from typing import Any
 import avro.compatibility
 import avro.schema
 import pytest
+from fastavro.schema import parse_schema
 
 from bus.errors import SchemaError
+from bus.events.canonical import self_contained
 from bus.events.catalog import SchemaCatalog, SchemaVersion
 from bus.events.compatibility import (
     Mode,
@@ -67,12 +69,44 @@ def avro_says_compatible(new: SchemaVersion, old: SchemaVersion, mode: Mode) -> 
         Mode.NONE: [],
     }[mode]
     return all(
-        checker.get_compatibility(
-            avro.schema.parse(reader.to_json()), avro.schema.parse(writer.to_json())
-        ).compatibility
+        checker.get_compatibility(spec_parsed(reader), spec_parsed(writer)).compatibility
         is avro.compatibility.SchemaCompatibilityType.compatible
         for reader, writer in pairs
     )
+
+
+def spec_parsed(version: SchemaVersion) -> avro.schema.Schema:
+    """The version as avro's checker should see it. The specification (and Java's parser) reads
+    a named type's alias relative to the type's namespace, but avro's Python checker compares the
+    writer's full name with the aliases as written, so they are qualified here first."""
+    return avro.schema.parse(json.dumps(qualified_aliases(version.schema)))
+
+
+def qualified_aliases(schema: Any, namespace: str = "") -> Any:
+    if isinstance(schema, list):
+        return [qualified_aliases(branch, namespace) for branch in schema]
+    if not isinstance(schema, dict):
+        return schema
+    result = dict(schema)
+    if schema.get("type") in ("record", "error", "enum", "fixed"):
+        name = schema["name"]
+        if "." not in name:
+            name = ".".join(filter(None, [schema.get("namespace", namespace), name]))
+        namespace = name.rpartition(".")[0]
+        if "aliases" in schema:
+            result["aliases"] = [
+                alias if "." in alias or not namespace else f"{namespace}.{alias}"
+                for alias in schema["aliases"]
+            ]
+    for key in ("type", "items", "values"):
+        if isinstance(schema.get(key), dict | list):
+            result[key] = qualified_aliases(schema[key], namespace)
+    if "fields" in schema:  # field aliases stay plain: they are names, not full names
+        result["fields"] = [
+            {**entry, "type": qualified_aliases(entry["type"], namespace)}
+            for entry in schema["fields"]
+        ]
+    return result
 
 
 def checked(new: SchemaVersion, old: SchemaVersion, mode: Mode) -> list[Violation]:
@@ -391,6 +425,50 @@ def test_a_renamed_record_is_a_name_mismatch_at_the_root(tmp_path: Path) -> None
     ]
 
 
+def parsed(schema: dict[str, Any], number: int) -> SchemaVersion:
+    """A version as the catalog makes it: names qualified, aliases as written."""
+    return SchemaVersion.of(
+        self_contained(parse_schema(schema, named_schemas={}), {}), version=number, source="-"
+    )
+
+
+@pytest.mark.parametrize("alias", ["Old", f"{NAMESPACE}.Old"])
+def test_a_type_alias_is_relative_to_the_types_namespace(alias: str) -> None:
+    old = parsed(record("Old", {"name": "id", "type": "string"}), 1)
+    new = parsed({**record("New", {"name": "id", "type": "string"}), "aliases": [alias]}, 2)
+    assert checked(new, old, Mode.BACKWARD) == []
+    # The old reader knows nothing of the new name.
+    assert [(v.field, v.rule) for v in checked(new, old, Mode.FORWARD)] == [
+        ("<root>", "FORWARD: type name differs")
+    ]
+
+
+def test_a_relative_alias_does_not_match_the_name_in_another_namespace() -> None:
+    elsewhere = record("Old", {"name": "id", "type": "string"}, namespace="com.acme.other")
+    old = parsed(elsewhere, 1)
+    new = parsed({**record("New", {"name": "id", "type": "string"}), "aliases": ["Old"]}, 2)
+    assert checked(new, old, Mode.BACKWARD) == [
+        Violation(
+            f"{NAMESPACE}.New",
+            "<root>",
+            "BACKWARD: type name differs",
+            f"reader {NAMESPACE}.New cannot read writer com.acme.other.Old; "
+            "add com.acme.other.Old to the reader's aliases",
+        )
+    ]
+
+
+def test_a_nested_type_renamed_with_a_relative_alias_reads_its_old_name(tmp_path: Path) -> None:
+    # The catalog qualifies the enum's name by the record's namespace, not its aliases.
+    state = {"type": "enum", "name": "State", "aliases": ["Status"], "symbols": ["OPEN"]}
+    new, old = pair(
+        tmp_path, [status("OPEN")], [record("Order", {"name": "status", "type": state})]
+    )
+    assert new.schema["fields"][0]["type"]["name"] == f"{NAMESPACE}.State"
+    assert checked(new, old, Mode.BACKWARD) == []
+    assert [v.field for v in checked(new, old, Mode.FORWARD)] == ["status"]
+
+
 # --- Avro's own resolution pair -----------------------------------------------------------------
 
 
@@ -525,6 +603,167 @@ def test_check_catalogs_reports_every_status(tmp_path: Path) -> None:
 
 def test_report_defaults_to_no_violations() -> None:
     assert Report("a.B", Mode.FULL, "new").ok
+
+
+def amount(kind: Any, **extra: Any) -> dict[str, Any]:
+    return record(
+        "Order", {"name": "id", "type": "string"}, {"name": "amount", "type": kind, **extra}
+    )
+
+
+@pytest.mark.parametrize(
+    ("before", "after", "expected"),
+    [
+        (
+            {"type": "bytes", "logicalType": "decimal", "precision": 10, "scale": 2},
+            {"type": "bytes", "logicalType": "decimal", "precision": 10, "scale": 4},
+            ("amount", "decimal(precision=10, scale=2) became decimal(precision=10, scale=4)"),
+        ),
+        (
+            {"type": "long", "logicalType": "timestamp-millis"},
+            {"type": "long", "logicalType": "timestamp-micros"},
+            ("amount", "timestamp-millis became timestamp-micros"),
+        ),
+        (
+            {"type": "array", "items": ["null", "long"]},
+            {"type": "array", "items": ["null", {"type": "long", "logicalType": "time-micros"}]},
+            ("amount[]", "plain long became time-micros"),
+        ),
+    ],
+)
+@pytest.mark.parametrize("mode", [Mode.BACKWARD, Mode.FULL])
+def test_a_logical_type_changed_behind_the_same_fingerprint_is_a_violation(
+    tmp_path: Path, before: Any, after: Any, expected: tuple[str, str], mode: Mode
+) -> None:
+    field, change = expected
+    baseline = catalog(tmp_path / "old", amount(before))
+    current = catalog(tmp_path / "new", amount(after))
+    new, old = current.current(ORDER), baseline.current(ORDER)
+    assert new.fingerprint == old.fingerprint
+    assert checked(new, old, mode) == []  # resolution (avro's too) ignores logical types
+
+    (report,) = check_catalogs(current, baseline, Policy(default=mode))
+
+    assert (report.status, len(report.violations)) == ("incompatible", 1)
+    violation = report.violations[0]
+    assert (violation.field, violation.rule) == (field, f"{mode}: logical type changed")
+    assert violation.detail.startswith(change)
+    assert "cannot tell the two versions apart" in violation.detail
+    assert "add a new field (or a new type)" in violation.detail
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [{"aliases": ["total"]}, {"default": 0}, {"order": "descending"}, {"x-owner": "billing"}],
+)
+def test_a_change_invisible_on_the_wire_but_for_logical_types_is_compatible(
+    tmp_path: Path, extra: dict[str, Any]
+) -> None:
+    # Not "unchanged", which would hide that the released schema differs from the file.
+    baseline = catalog(tmp_path / "old", amount("int"))
+    current = catalog(tmp_path / "new", amount("int", **extra))
+    assert current.current(ORDER).fingerprint == baseline.current(ORDER).fingerprint
+    assert checked(current.current(ORDER), baseline.current(ORDER), Mode.FULL) == []
+    for mode in (Mode.BACKWARD, Mode.FULL):
+        (report,) = check_catalogs(current, baseline, Policy(default=mode))
+        assert (report.status, report.violations) == ("compatible", ())
+
+
+class History:
+    """A schemas folder whose Order is edited and released in turn, as `bus schemas release`
+    does, with copies of the folder as it was, to serve as baselines."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.schemas = root / "schemas"
+        self.schemas.mkdir(parents=True)
+
+    def edit(self, *fields: dict[str, Any]) -> None:
+        write_schemas(self.schemas, record("Order", *fields))
+
+    def release(self, *fields: dict[str, Any]) -> None:
+        self.edit(*fields)
+        assert SchemaCatalog.load(self.schemas).release()
+
+    def copy(self, label: str) -> SchemaCatalog:
+        return SchemaCatalog.load(shutil.copytree(self.schemas, self.root / label))
+
+    def current(self) -> SchemaCatalog:
+        return SchemaCatalog.load(self.schemas)
+
+
+A_INT = {"name": "a", "type": "int"}
+A_STRING = {"name": "a", "type": "string", "default": ""}
+FROM_V1 = Violation(
+    ORDER,
+    "a",
+    "BACKWARD (from released v1): reader type cannot read writer type",
+    "reader type: string not compatible with writer type: int",
+)
+
+
+@pytest.fixture
+def history(tmp_path: Path) -> History:
+    """v1 {a: int} and v2 {} released; each step alone is compatible both ways."""
+    made = History(tmp_path)
+    made.release(A_INT)
+    made.release()
+    return made
+
+
+@pytest.mark.parametrize("mode", [Mode.BACKWARD, Mode.FULL])
+def test_the_current_version_must_read_every_released_version(history: History, mode: Mode) -> None:
+    baseline = history.copy("v2")
+    history.edit(A_STRING)
+    current = history.current()
+    v1, v2, v3 = current.versions(ORDER)
+    assert (v1.version, v2.version, v3.version, v3.released) == (1, 2, 3, False)
+    assert checked(v3, v2, mode) == []
+    assert checked(v3, v1, Mode.BACKWARD) != []
+
+    (report,) = check_catalogs(current, baseline, Policy(default=mode))
+
+    assert (report.status, report.violations) == ("incompatible", (FROM_V1,))
+    # Released, v3 is still checked against v1.
+    history.release(A_STRING)
+    (report,) = check_catalogs(history.current(), baseline, Policy(default=mode))
+    assert (report.status, report.violations) == ("incompatible", (FROM_V1,))
+
+
+def test_an_unchanged_schema_that_cannot_read_an_older_release_is_reported(
+    history: History,
+) -> None:
+    history.release(A_STRING)
+    (report,) = check_catalogs(history.current(), history.copy("v3"), Policy())
+    assert (report.status, report.violations) == ("incompatible", (FROM_V1,))
+
+
+def test_released_versions_are_not_checked_under_forward_or_none(history: History) -> None:
+    baseline = history.copy("v2")
+    history.release(A_STRING)
+    current = history.current()
+    assert [r.status for r in check_catalogs(current, baseline, Policy(Mode.FORWARD))] == [
+        "compatible"
+    ]
+    assert [r.status for r in check_catalogs(current, baseline, Policy(Mode.NONE))] == ["unchecked"]
+
+
+def test_a_finding_against_the_baseline_is_not_repeated_for_the_same_release(
+    tmp_path: Path,
+) -> None:
+    history = History(tmp_path)
+    history.release(A_INT)
+    baseline = history.copy("v1")
+    history.edit({"name": "a", "type": "string"})
+    (report,) = check_catalogs(history.current(), baseline, Policy())
+    assert report.violations == (
+        Violation(
+            ORDER,
+            "a",
+            "BACKWARD: reader type cannot read writer type",
+            "reader type: string not compatible with writer type: int",
+        ),
+    )
 
 
 # --- Baselines ----------------------------------------------------------------------------------

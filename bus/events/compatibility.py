@@ -159,12 +159,19 @@ def check(new: SchemaVersion, old: SchemaVersion, mode: Mode) -> list[Violation]
     violations: list[Violation] = []
     for direction in _DIRECTIONS[mode]:
         reader, writer = (new, old) if direction is Mode.BACKWARD else (old, new)
-        resolution = _Resolution(_named_types(reader.schema), _named_types(writer.schema))
-        violations.extend(
-            Violation(new.full_name, path or ROOT_FIELD, f"{direction}: {rule}", detail)
-            for path, rule, detail in resolution.problems(reader.schema, writer.schema, "")
-        )
+        violations += _resolved(new.full_name, reader, writer, str(direction))
     return violations
+
+
+def _resolved(
+    name: str, reader: SchemaVersion, writer: SchemaVersion, label: str
+) -> list[Violation]:
+    """Why `reader` cannot read what `writer` wrote, each rule prefixed with `label`."""
+    resolution = _Resolution(_named_types(reader.schema), _named_types(writer.schema))
+    return [
+        Violation(name, path or ROOT_FIELD, f"{label}: {rule}", detail)
+        for path, rule, detail in resolution.problems(reader.schema, writer.schema, "")
+    ]
 
 
 def check_catalogs(current: SchemaCatalog, baseline: SchemaCatalog, policy: Policy) -> list[Report]:
@@ -175,21 +182,59 @@ def check_catalogs(current: SchemaCatalog, baseline: SchemaCatalog, policy: Poli
     reader/writer check can vouch for. Allow a deliberate removal with NONE for its namespace
     (or its full name) in compatibility.toml.
 
-    "unchanged" means the same Parsing Canonical Form, which ignores docs, defaults, aliases and
-    logical types; two such versions read each other's data whatever the mode. Under NONE a
+    "unchanged" means the same schema but for docs (`SchemaVersion.identity`). Under NONE a
     changed type is "unchecked", and a removed one "removed" without a violation.
+
+    Under BACKWARD and FULL the current version must also read every released version in the
+    current catalog's history, not only the baseline: decoding resolves an old event's writer
+    version straight to the current reader, so a chain of steps that are each compatible
+    (drop field `a`, then add `a` again with another type) can still break old events.
     """
     now, before = set(current.names()), set(baseline.names())
     reports = []
     for name in sorted(now | before):
         mode = policy.mode_for(name)
         if name not in before:
-            reports.append(Report(name, mode, "new"))
+            report = Report(name, mode, "new")
         elif name not in now:
-            reports.append(_removed(baseline.current(name), mode))
+            report = _removed(baseline.current(name), mode)
         else:
-            reports.append(_compared(current.current(name), baseline.current(name), mode))
+            report = _compared(current.current(name), baseline.current(name), mode)
+        if name in now and Mode.BACKWARD in _DIRECTIONS[mode]:
+            report = _with_history(report, current)
+        reports.append(report)
     return reports
+
+
+def _with_history(report: Report, catalog: SchemaCatalog) -> Report:
+    """`report` plus what keeps the current version from reading older released versions.
+
+    A finding already reported (against the baseline, or against an older release) is left out:
+    when the baseline is itself one of the releases, every finding would otherwise show twice.
+    """
+    reader = catalog.current(report.full_name)
+    seen = {
+        _problem(violation)
+        for violation in report.violations
+        if violation.rule.startswith(f"{Mode.BACKWARD}: ")  # FORWARD's reader is another one
+    }
+    found: list[Violation] = []
+    for writer in catalog.versions(report.full_name):
+        if writer.current or not writer.released:
+            continue
+        label = f"{Mode.BACKWARD} (from released v{writer.version})"
+        for violation in _resolved(report.full_name, reader, writer, label):
+            if _problem(violation) not in seen:
+                seen.add(_problem(violation))
+                found.append(violation)
+    if not found:
+        return report
+    return replace(report, status="incompatible", violations=(*report.violations, *found))
+
+
+def _problem(violation: Violation) -> tuple[str, str, str]:
+    """A violation without the direction or release its rule names, for telling repeats."""
+    return violation.field, violation.rule.partition(": ")[2], violation.detail
 
 
 def _removed(old: SchemaVersion, mode: Mode) -> Report:
@@ -209,12 +254,117 @@ def _removed(old: SchemaVersion, mode: Mode) -> Report:
 
 
 def _compared(new: SchemaVersion, old: SchemaVersion, mode: Mode) -> Report:
-    if new.fingerprint == old.fingerprint:
+    if new.identity == old.identity:
         return Report(new.full_name, mode, "unchanged")
     if mode is Mode.NONE:
         return Report(new.full_name, mode, "unchecked")
-    violations = tuple(check(new, old, mode))
-    return Report(new.full_name, mode, "incompatible" if violations else "compatible", violations)
+    violations = check(new, old, mode)
+    if new.fingerprint == old.fingerprint:
+        violations += _logical_type_changes(new, old, mode)
+    status: Status = "incompatible" if violations else "compatible"
+    return Report(new.full_name, mode, status, tuple(violations))
+
+
+# Single-object encoding names a writer schema by its fingerprint alone, and the canonical form
+# behind it drops logical types: two versions that differ only there are one version to readers.
+_BINARY_AND_LOGICAL_KEYS = frozenset(
+    {"type", "name", "fields", "items", "values", "symbols", "size"}
+    | {"logicalType", "precision", "scale"}
+)
+
+
+def _logical_type_changes(new: SchemaVersion, old: SchemaVersion, mode: Mode) -> list[Violation]:
+    """Where a version with the same fingerprint changed a logical type (or its parameters)."""
+    change = _first_difference(_binary_and_logical(new.schema), _binary_and_logical(old.schema))
+    if change is None:
+        return []  # only defaults, aliases, order or other attributes: the normal check decides
+    path, now, before = change
+    return [
+        Violation(
+            new.full_name,
+            path or ROOT_FIELD,
+            f"{mode}: logical type changed",
+            f"{_logical(before)} became {_logical(now)} without changing the fingerprint, so "
+            "readers cannot tell the two versions apart and would read either one's events as "
+            "the other's; add a new field (or a new type) instead of changing the logical type",
+        )
+    ]
+
+
+def _binary_and_logical(schema: Schema) -> Schema:
+    """The schema reduced to what the wire shows plus its logical types; a type left with only
+    its "type" becomes that type, as the canonical form writes it."""
+    if isinstance(schema, list):
+        return [_binary_and_logical(branch) for branch in schema]
+    if not isinstance(schema, dict):
+        return schema
+    reduced = {
+        key: _binary_and_logical(value)
+        for key, value in schema.items()
+        if key in _BINARY_AND_LOGICAL_KEYS and key != "fields"
+    }
+    if "fields" in schema:
+        reduced["fields"] = [
+            {"name": entry["name"], "type": _binary_and_logical(entry["type"])}
+            for entry in schema["fields"]
+        ]
+    return reduced["type"] if reduced.keys() == {"type"} else reduced
+
+
+def _first_difference(now: Schema, before: Schema, path: str = "") -> tuple[str, Any, Any] | None:
+    """The field path of the first difference, with both sides there. The fingerprints match, so
+    both have the same shape and can be walked side by side."""
+    if now == before:
+        return None
+    if isinstance(now, list) and isinstance(before, list) and len(now) == len(before):
+        pairs = [(path, a, b) for a, b in zip(now, before, strict=True)]
+    elif isinstance(now, dict) and isinstance(before, dict) and _own(now) == _own(before):
+        pairs = [
+            (where, a, b)
+            for (where, a), (_, b) in zip(_inside(now, path), _inside(before, path), strict=True)
+        ]
+    else:
+        return path, now, before
+    found = (_first_difference(a, b, where) for where, a, b in pairs)
+    return next((difference for difference in found if difference is not None), None)
+
+
+def _inside(schema: dict[str, Any], path: str) -> list[tuple[str, Schema]]:
+    """The types a type contains, each with its field path."""
+    if "fields" in schema:
+        return [
+            (f"{path}.{entry['name']}" if path else entry["name"], entry["type"])
+            for entry in schema["fields"]
+        ]
+    if "items" in schema:
+        return [(path + "[]", schema["items"])]
+    if "values" in schema:
+        return [(path + "{}", schema["values"])]
+    if isinstance(schema["type"], dict | list):
+        return [(path, schema["type"])]
+    return []
+
+
+def _own(schema: dict[str, Any]) -> dict[str, Any]:
+    """A type's attributes without the types it contains."""
+    return {
+        key: value
+        for key, value in schema.items()
+        if key not in ("fields", "items", "values")
+        and not (key == "type" and isinstance(value, dict | list))
+    } | {"fields": len(schema.get("fields", ()))}
+
+
+def _logical(schema: Schema) -> str:
+    """E.g. decimal(precision=10, scale=2), timestamp-millis, or "plain long"."""
+    if isinstance(schema, dict) and "logicalType" in schema:
+        parameters = ", ".join(
+            f"{key}={schema[key]}" for key in ("precision", "scale") if key in schema
+        )
+        return (
+            f"{schema['logicalType']}({parameters})" if parameters else str(schema["logicalType"])
+        )
+    return f"plain {_kind(schema)}"
 
 
 # --- Avro's schema resolution rules, located as field paths ------------------------------------
@@ -297,15 +447,24 @@ class _Resolution:
         ]
 
     def _named(self, reader: dict[str, Any], writer: dict[str, Any], path: str) -> list[Problem]:
-        names = {reader["name"], *reader.get("aliases", ())}
-        short = reader["name"].rpartition(".")[2]
-        if writer["name"] not in names and writer["name"].rpartition(".")[2] != short:
+        # As the specification and Java have it: the unqualified names match, or the writer's
+        # full name is one of the reader's aliases, which are relative to the reader's namespace.
+        reader_name, writer_name = _full_name(reader), _full_name(writer)
+        namespace = reader_name.rpartition(".")[0]
+        aliases = {
+            alias if "." in alias or not namespace else f"{namespace}.{alias}"
+            for alias in reader.get("aliases", ())
+        }
+        if (
+            writer_name.rpartition(".")[2] != reader_name.rpartition(".")[2]
+            and writer_name not in aliases
+        ):
             return [
                 (
                     path,
                     "type name differs",
-                    f"reader {reader['name']} cannot read writer {writer['name']}; add "
-                    f"{writer['name']} to the reader's aliases",
+                    f"reader {reader_name} cannot read writer {writer_name}; add "
+                    f"{writer_name} to the reader's aliases",
                 )
             ]
         pair = (reader["name"], writer["name"])
@@ -365,6 +524,13 @@ class _Resolution:
     def _name(schema: Schema, named: dict[str, Any]) -> str | None:
         schema = named.get(schema, schema) if isinstance(schema, str) else schema
         return schema.get("name") if isinstance(schema, dict) else None
+
+
+def _full_name(schema: dict[str, Any]) -> str:
+    """A named type's full name: the catalog's schemas carry it in "name" already."""
+    name: str = schema["name"]
+    namespace = schema.get("namespace")
+    return f"{namespace}.{name}" if namespace and "." not in name else name
 
 
 def _kind(schema: Schema) -> str:

@@ -1,0 +1,1 @@
+"""Flows: declarative mediation between topics."""

@@ -1,0 +1,177 @@
+"""A mediation flow on Kafka: one consumer group member, at-least-once or exactly-once.
+
+The loop takes a batch of at most `max_in_flight` records (the backpressure: nothing more is
+fetched until the batch is done), processes each partition's records in order and the partitions
+concurrently, and only when every output and dead letter of the batch is acknowledged commits
+the offsets after it — with the offsets inside a Kafka transaction under exactly-once.
+"""
+
+import asyncio
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
+
+from bus.flows.dead_letters import DeadLetter, InputRecord
+from bus.flows.processor import FlowProcessor
+
+log = logging.getLogger(__name__)
+
+Guarantee = Literal["at-least-once", "exactly-once"]
+TRANSACTION_TIMEOUT_MS = 15_000  # how long a crashed instance's open transaction blocks readers
+
+
+@dataclass(frozen=True)
+class FlowPlan:
+    """What the runner needs to know about one flow."""
+
+    name: str
+    sources: Sequence[str]
+    dead_letter_topic: str
+    guarantee: Guarantee = "at-least-once"
+    max_in_flight: int = 100
+
+    @property
+    def group_id(self) -> str:
+        return f"bus.{self.name}"
+
+
+class FlowRunner:
+    def __init__(
+        self,
+        plan: FlowPlan,
+        processor: FlowProcessor,
+        bootstrap_servers: str,
+        instance_id: str,
+    ) -> None:
+        self.plan = plan
+        self.processor = processor
+        self.bootstrap_servers = bootstrap_servers
+        self.instance_id = instance_id
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self.processed = 0
+        self.dead_lettered = 0
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Process until `stop` is set, then finish the batch in hand, commit, and leave."""
+        consumer = AIOKafkaConsumer(
+            bootstrap_servers=self.bootstrap_servers,
+            group_id=self.plan.group_id,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            isolation_level="read_committed",
+        )
+        consumer.subscribe(list(self.plan.sources), listener=_FinishBeforeRevoke(self._idle))
+        producer = self._producer()
+        await producer.start()
+        try:
+            await consumer.start()
+            try:
+                while not stop.is_set():
+                    batch = await consumer.getmany(
+                        timeout_ms=250, max_records=self.plan.max_in_flight
+                    )
+                    if batch:
+                        self._idle.clear()
+                        try:
+                            await self._process_batch(consumer, producer, batch)
+                        finally:
+                            self._idle.set()
+            finally:
+                await consumer.stop()
+        finally:
+            await producer.stop()
+
+    def _producer(self) -> AIOKafkaProducer:
+        if self.plan.guarantee == "exactly-once":
+            return AIOKafkaProducer(
+                bootstrap_servers=self.bootstrap_servers,
+                transactional_id=f"bus.{self.plan.name}.{self.instance_id}",
+                transaction_timeout_ms=TRANSACTION_TIMEOUT_MS,
+            )
+        return AIOKafkaProducer(
+            bootstrap_servers=self.bootstrap_servers, acks="all", enable_idempotence=True
+        )
+
+    async def _process_batch(
+        self,
+        consumer: AIOKafkaConsumer,
+        producer: AIOKafkaProducer,
+        batch: dict[TopicPartition, list[Any]],
+    ) -> None:
+        offsets = {partition: records[-1].offset + 1 for partition, records in batch.items()}
+        if self.plan.guarantee == "exactly-once":
+            async with producer.transaction():
+                await self._produce(producer, batch)
+                await producer.send_offsets_to_transaction(offsets, self.plan.group_id)
+        else:
+            await self._produce(producer, batch)
+            await consumer.commit(offsets)
+
+    async def _produce(
+        self, producer: AIOKafkaProducer, batch: dict[TopicPartition, list[Any]]
+    ) -> None:
+        """Send every output of the batch and wait until Kafka acknowledged them all."""
+        sent: list[asyncio.Future[Any]] = []
+
+        async def partition_in_order(records: list[Any]) -> None:
+            for record in records:
+                sent.extend(await self._send_outcome(producer, record))
+
+        await asyncio.gather(*(partition_in_order(records) for records in batch.values()))
+        await asyncio.gather(*sent)
+
+    async def _send_outcome(
+        self, producer: AIOKafkaProducer, consumed: Any
+    ) -> list[asyncio.Future[Any]]:
+        record = InputRecord(
+            topic=consumed.topic,
+            partition=consumed.partition,
+            offset=consumed.offset,
+            key=consumed.key,
+            value=consumed.value or b"",
+            headers=consumed.headers,
+        )
+        outcome = await self.processor.process(record)
+        self.processed += 1
+        if isinstance(outcome, DeadLetter):
+            self.dead_lettered += 1
+            log.warning(
+                "flow %s: %s[%d]@%d dead-lettered at %s: %s: %s",
+                self.plan.name, record.topic, record.partition, record.offset,
+                outcome.step, outcome.error_type, outcome.error,
+            )  # fmt: skip
+            letter = outcome.to_record(record)
+            future = await producer.send(
+                self.plan.dead_letter_topic,
+                letter.value,
+                key=letter.key,
+                headers=list(letter.headers),
+            )
+            return [future]
+        return [
+            await producer.send(
+                output.topic,
+                output.record.value,
+                key=output.record.key,
+                headers=list(output.record.headers),
+            )
+            for output in outcome
+        ]
+
+
+class _FinishBeforeRevoke(ConsumerRebalanceListener):  # type: ignore[misc]
+    """A rebalance waits for the batch in hand to be acknowledged and committed, so the new
+    owner of a partition starts right after the last record whose work is done."""
+
+    def __init__(self, idle: asyncio.Event) -> None:
+        self._idle = idle
+
+    async def on_partitions_revoked(self, revoked: Any) -> None:
+        await self._idle.wait()
+
+    async def on_partitions_assigned(self, assigned: Any) -> None:
+        return None

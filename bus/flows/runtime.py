@@ -1,0 +1,92 @@
+"""`bus run`: every mediation flow of a flow set in one asyncio process, until told to stop."""
+
+import asyncio
+import contextlib
+import logging
+import os
+import socket
+from collections.abc import Sequence
+
+from bus.errors import ConfigError
+from bus.events.catalog import SchemaCatalog
+from bus.events.codec import EventCodec
+from bus.events.registry import SchemaRegistryClient
+from bus.flows.build import BuiltFlow, build_flow, output_topics
+from bus.flows.model import FlowSet
+from bus.flows.runner import FlowRunner
+from bus.flows.topics import ensure_topics
+
+log = logging.getLogger(__name__)
+RESTART_BACKOFF = (1.0, 30.0)  # first and longest wait before a failed flow starts again
+
+
+def instance_id() -> str:
+    """Names this process's transactional producers; set BUS_INSTANCE_ID to a stable name (a
+    pod name) so that a restarted instance fences its predecessor at once."""
+    return os.environ.get("BUS_INSTANCE_ID") or f"{socket.gethostname()}-{os.getpid()}"
+
+
+def select(flows: FlowSet, only: Sequence[str]) -> list[str]:
+    names = [flow.name for flow in flows.mediation]
+    unknown = sorted(set(only) - set(names))
+    if unknown:
+        raise ConfigError(
+            f"--only names no mediation flow: {', '.join(unknown)}; the flows are: "
+            f"{', '.join(names) or 'none'}"
+        )
+    return [name for name in names if not only or name in only]
+
+
+async def run_flows(
+    flows: FlowSet,
+    catalog: SchemaCatalog,
+    *,
+    bootstrap_servers: str,
+    only: Sequence[str] = (),
+    shutdown_grace: float = 30.0,
+    stop: asyncio.Event,
+) -> None:
+    """Run the selected flows until `stop` is set; then let each finish its batch within
+    `shutdown_grace` seconds, commit, and return."""
+    registry_url = flows.kafka.schema_registry if flows.kafka else None
+    registry = SchemaRegistryClient(registry_url) if registry_url else None
+    codec = EventCodec(catalog, registry)
+    chosen = set(select(flows, only))
+    built = [build_flow(flow, catalog, codec) for flow in flows.mediation if flow.name in chosen]
+    topics = {t for flow in flows.mediation if flow.name in chosen for t in output_topics(flow)}
+    topics |= {t for flow in flows.mediation if flow.name in chosen for t in flow.from_}
+    defaults = flows.topics
+    created = await ensure_topics(
+        bootstrap_servers,
+        topics,
+        partitions=(defaults.partitions if defaults and defaults.partitions else 6),
+        replication_factor=defaults.replication_factor if defaults else None,
+    )
+    if created:
+        log.info("created topics: %s", ", ".join(created))
+    try:
+        tasks = [asyncio.create_task(_supervise(flow, bootstrap_servers, stop)) for flow in built]
+        await stop.wait()
+        _, pending = await asyncio.wait(tasks, timeout=shutdown_grace)
+        for task in pending:  # past the deadline: abandon the batch; it was not committed
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+    finally:
+        if registry is not None:
+            await registry.close()
+
+
+async def _supervise(flow: BuiltFlow, bootstrap_servers: str, stop: asyncio.Event) -> None:
+    """Run a flow; after a failure (Kafka gone, a send refused) start it again from its last
+    commit, waiting longer each time."""
+    wait = RESTART_BACKOFF[0]
+    while not stop.is_set():
+        runner = FlowRunner(flow.plan, flow.processor, bootstrap_servers, instance_id())
+        try:
+            await runner.run(stop)
+            return
+        except Exception:
+            log.exception("flow %s failed; restarting in %.0f s", flow.plan.name, wait)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), wait)
+        wait = min(wait * 2, RESTART_BACKOFF[1])

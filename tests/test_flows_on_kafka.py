@@ -1,0 +1,272 @@
+"""Mediation flows on the real broker: each step, DLQ, ordering, graceful shutdown."""
+
+import asyncio
+from collections import defaultdict
+from collections.abc import Callable
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+from bus.events.event import Event
+from bus.events.publisher import Publisher
+from tests.flow_harness import (
+    CATALOG,
+    decode,
+    headers_of,
+    read_all,
+    read_records,
+    running_flows,
+    write_flow,
+)
+
+WHEN = "2026-11-24T01:40:06.123Z"
+
+
+def customer(number: int, country: str, **changes: Any) -> dict[str, Any]:
+    return {
+        "customerId": f"c-{number}",
+        "change": "UPDATED",
+        "email": f"c{number}@example.com",
+        "name": f"Customer {number}",
+        "address": {"line1": "1 Way", "city": "Town", "postalCode": "1", "country": country},
+        "changedAt": WHEN,
+        **changes,
+    }
+
+
+async def test_filter_route_transform_and_dead_letters(
+    tmp_path: Path,
+    bootstrap_servers: str,
+    topic_name: Callable[[str], str],
+    create_topics: Callable[..., Any],
+) -> None:
+    source, eu, world, dlq = (topic_name(p) for p in ("in", "eu", "world", "dlq"))
+    await create_topics(source)
+    flow = write_flow(
+        tmp_path,
+        f"""
+mediation:
+  - name: upserts
+    from: {source}
+    dlq: {dlq}
+    steps:
+      - filter: event.change != "DELETED"
+      - transform:
+          to: com.acme.erp.CustomerUpsertRequest
+          map:
+            customerId: event.customerId
+            legalName: event.name
+            email: event.email
+            billingAddress: event.address
+            salesRegion: 'event.address.country in ["US", "CA"] ? "US" : "EU"'
+            requestedAt: attributes.time
+      - route:
+          routes:
+            - when: event.salesRegion == "EU"
+              to: {eu}
+            - otherwise: {world}
+""",
+    )
+    async with (
+        Publisher(bootstrap_servers, CATALOG, source="/crm") as publisher,
+        running_flows(flow, bootstrap_servers),
+    ):
+        first = await publisher.publish(
+            source, "com.acme.crm.CustomerChanged", customer(1, "DE"), key="c-1", subject="c-1"
+        )
+        await publisher.publish(
+            source, "com.acme.crm.CustomerChanged", customer(2, "US"), key="c-2"
+        )
+        await publisher.publish(
+            source, "com.acme.crm.CustomerChanged", customer(3, "FR", change="DELETED"), key="c-3"
+        )
+        # Poison: not an event; an address missing, so the transform's mapping fails.
+        await publisher._producer.send_and_wait(source, b"not avro", key=b"c-4")
+        no_address = await publisher.publish(
+            source, "com.acme.crm.CustomerChanged", customer(5, "DE", address=None), key="c-5"
+        )
+        [to_eu] = await decode(await read_records(bootstrap_servers, eu, 1))
+        [to_world] = await decode(await read_records(bootstrap_servers, world, 1))
+        letters = await read_records(bootstrap_servers, dlq, 2)
+
+    assert to_eu.type == "com.acme.erp.CustomerUpsertRequest"
+    assert to_eu.data["customerId"] == "c-1"
+    assert to_eu.data["billingAddress"]["country"] == "DE"
+    assert to_eu.data["requestedAt"] == first.time
+    assert to_eu.key == "c-1"
+    assert to_eu.subject == "c-1"
+    assert to_eu.source == "/bus/flows/upserts"
+    assert to_eu.extensions == {"parentid": first.id}
+    assert to_eu.id != first.id
+    assert to_world.data["salesRegion"] == "US"
+
+    by_offset = sorted(letters, key=lambda r: headers_of(r)["bus_dlq_offset"])
+    reasons = {headers_of(r)["bus_dlq_step"]: headers_of(r) for r in by_offset}
+    assert reasons["decode"]["bus_dlq_error_type"] == "BadHeaderError"
+    assert reasons["decode"]["bus_dlq_flow"] == "upserts"
+    assert reasons["decode"]["bus_dlq_topic"] == source
+    garbage = next(r for r in letters if headers_of(r)["bus_dlq_step"] == "decode")
+    assert garbage.value == b"not avro"
+    assert garbage.key == b"c-4"
+    failed = reasons["steps[1].transform"]
+    assert failed["bus_dlq_error_type"] == "ExpressionError"
+    assert "address" in failed["bus_dlq_error"]
+    assert failed["bus_dlq_attempts"] == "1"
+    mapped = next(r for r in letters if headers_of(r)["bus_dlq_step"] == "steps[1].transform")
+    assert headers_of(mapped)["ce_id"] == no_address.id  # the original record, unchanged
+
+
+def lookup_account(customerId: str) -> dict[str, Any]:  # noqa: N803 -- the flow's argument name
+    return {"tier": "gold" if customerId.endswith("1") else "silver"}
+
+
+async def tag_line(event: Event) -> Event | None:
+    if event.data["quantity"] == 0:
+        return None
+    return event
+
+
+async def test_split_set_key_enrich_and_python(
+    tmp_path: Path,
+    bootstrap_servers: str,
+    topic_name: Callable[[str], str],
+    create_topics: Callable[..., Any],
+) -> None:
+    source, lines, dlq = topic_name("orders"), topic_name("lines"), topic_name("dlq")
+    await create_topics(source)
+    flow = write_flow(
+        tmp_path,
+        f"""
+mediation:
+  - name: order-lines
+    from: {source}
+    to: {lines}
+    dlq: {dlq}
+    steps:
+      - enrich:
+          lookup: tests.test_flows_on_kafka:lookup_account
+          with: {{customerId: event.customerId}}
+          into: account
+      - filter: event.account.tier == "gold"
+      - split: event.lines
+      - python: tests.test_flows_on_kafka:tag_line
+      - set_key: event.sku
+""",
+    )
+    order = {
+        "orderId": "o-1",
+        "customerId": "c-1",
+        "channel": "WEB",
+        "lines": [
+            {"sku": "A", "quantity": 2, "unitPrice": {"amount": "1.25", "currency": "EUR"}},
+            {"sku": "B", "quantity": 0, "unitPrice": {"amount": "9.00", "currency": "EUR"}},
+            {"sku": "C", "quantity": 1, "unitPrice": {"amount": "0.10", "currency": "EUR"}},
+        ],
+        "total": {"amount": "2.60", "currency": "EUR"},
+        "shippingAddress": {"line1": "1", "city": "Berlin", "postalCode": "1", "country": "DE"},
+        "placedAt": WHEN,
+    }
+    async with (
+        Publisher(bootstrap_servers, CATALOG, source="/shop") as publisher,
+        running_flows(flow, bootstrap_servers),
+    ):
+        placed = await publisher.publish(
+            source, "com.acme.orders.OrderPlaced", order, key="c-1", subject="o-1"
+        )
+        # A silver customer's order is filtered out after the enrichment.
+        await publisher.publish(
+            source, "com.acme.orders.OrderPlaced", {**order, "customerId": "c-2"}, key="c-2"
+        )
+        events = await decode(await read_records(bootstrap_servers, lines, 2))
+        assert await read_all(bootstrap_servers, lines, quiet=2.0) == await read_records(
+            bootstrap_servers, lines, 2
+        )
+
+    assert [e.type for e in events] == ["com.acme.orders.OrderLine"] * 2
+    assert sorted((e.key, e.data["unitPrice"]["amount"]) for e in events) == [
+        ("A", Decimal("1.25")),
+        ("C", Decimal("0.10")),
+    ]
+    assert {e.subject for e in events} == {"o-1"}
+    assert {e.extensions["parentid"] for e in events} == {placed.id}
+    assert len({e.id for e in events}) == 2
+
+
+async def test_order_per_key_under_concurrency(
+    tmp_path: Path,
+    bootstrap_servers: str,
+    topic_name: Callable[[str], str],
+    create_topics: Callable[..., Any],
+) -> None:
+    source, sink = topic_name("in"), topic_name("out")
+    await create_topics(source, sink, partitions=6)
+    flow = write_flow(
+        tmp_path,
+        f"""
+mediation:
+  - name: passthrough
+    from: {source}
+    to: {sink}
+    max_in_flight: 37
+    steps:
+      - filter: event.email != ""
+""",
+    )
+    keys = [f"c-{k}" for k in range(12)]
+    async with Publisher(bootstrap_servers, CATALOG, source="/crm", linger_ms=5) as publisher:
+        sent = [
+            publisher.publish(
+                source,
+                "com.acme.crm.CustomerChanged",
+                customer(n, "DE", name=f"{n:04d}", customerId=keys[n % 12]),
+                key=keys[n % 12],
+            )
+            for n in range(600)
+        ]
+        # Sent concurrently: Kafka's per-partition order is the order of the sends.
+        published = await asyncio.gather(*sent)
+        async with running_flows(flow, bootstrap_servers):
+            outputs = await decode(await read_records(bootstrap_servers, sink, 600))
+    inputs = await decode(await read_records(bootstrap_servers, source, 600))
+
+    def names_by_key(events: list[Event]) -> dict[str | None, list[str]]:
+        grouped: dict[str | None, list[str]] = defaultdict(list)
+        for event in events:
+            grouped[event.key].append(event.data["name"])
+        return grouped
+
+    assert len(published) == 600
+    assert names_by_key(outputs) == names_by_key(inputs)
+    assert len({event.id for event in outputs}) == 600
+
+
+async def test_graceful_stop_commits_what_is_done(
+    tmp_path: Path,
+    bootstrap_servers: str,
+    topic_name: Callable[[str], str],
+    create_topics: Callable[..., Any],
+) -> None:
+    source, sink = topic_name("in"), topic_name("out")
+    await create_topics(source, partitions=3)
+    flow = write_flow(
+        tmp_path,
+        f"""
+mediation:
+  - name: stop-test
+    from: {source}
+    to: {sink}
+    max_in_flight: 10
+""",
+    )
+    async with Publisher(bootstrap_servers, CATALOG, source="/crm") as publisher:
+        for n in range(50):
+            await publisher.publish(source, "com.acme.crm.CustomerChanged", customer(n, "DE"))
+        async with running_flows(flow, bootstrap_servers):
+            await read_records(bootstrap_servers, sink, 50)
+        # Stopped and started again: nothing is processed twice, the new events are.
+        for n in range(50, 60):
+            await publisher.publish(source, "com.acme.crm.CustomerChanged", customer(n, "DE"))
+        async with running_flows(flow, bootstrap_servers):
+            await read_records(bootstrap_servers, sink, 60)
+            outputs = await read_all(bootstrap_servers, sink)
+    assert len(outputs) == 60
