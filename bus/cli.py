@@ -14,9 +14,10 @@ import click
 
 from bus import __version__
 from bus.config import BusSettings, load_settings
-from bus.errors import BusError
+from bus.errors import BusError, ConfigError
 from bus.events.catalog import SchemaCatalog
 from bus.events.compatibility import Policy, check_catalogs, load_baseline
+from bus.flows.dlq import StoredLetter, read_letters, replay
 from bus.flows.loading import FlowFileError, load_flow_files
 from bus.flows.model import FlowSet
 from bus.flows.runtime import run_flows, select
@@ -225,6 +226,114 @@ def check_schemas(schemas_dir: Path, against: str | None) -> None:
     click.echo(", ".join(f"{count} {status}" for status, count in sorted(counts.items())), err=True)
     if any(report.violations for report in reports):
         sys.exit(1)
+
+
+@main.group()
+def dlq() -> None:
+    """A mediation flow's dead-letter topic: list, show, replay."""
+
+
+def _dlq_topic(flow: str, topic: str | None, files: Sequence[Path]) -> str:
+    if topic:
+        return topic
+    if files:
+        named = {m.name: m.dlq for m in load_flow_files(files).mediation}
+        if flow not in named:
+            raise ConfigError(f"no mediation flow {flow!r} in {', '.join(map(str, files))}")
+        return named[flow]
+    return f"{flow}.dlq"
+
+
+DlqTopic = click.option("--topic", help="The dead-letter topic [default: FLOW.dlq].")
+DlqFiles = click.option(
+    "--flow-file", "files", multiple=True, type=FlowFiles, help="Take the topic from this file."
+)
+
+
+@dlq.command("list")
+@click.argument("flow")
+@DlqTopic
+@DlqFiles
+def list_letters(flow: str, topic: str | None, files: tuple[Path, ...]) -> None:
+    """One line per dead letter: where it is, when, which step failed and why."""
+    letters = asyncio.run(_letters(_dlq_topic(flow, topic, files)))
+    for letter in letters:
+        reason = letter.reason
+        if reason is None:
+            click.echo(f"{letter.where}  (no bus_dlq_* headers)")
+            continue
+        click.echo(
+            f"{letter.where}  {reason.time:%Y-%m-%d %H:%M:%S}  {reason.step}  "
+            f"{reason.error_type}: {reason.error[:120]}  "
+            f"(from {reason.topic}[{reason.partition}]@{reason.offset}, attempts {reason.attempts})"
+        )
+    click.echo(f"{len(letters)} dead letter(s)", err=True)
+
+
+@dlq.command()
+@click.argument("flow")
+@click.argument("offset", type=int)
+@click.option("--partition", default=0, show_default=True, type=int)
+@DlqTopic
+@DlqFiles
+def show(
+    flow: str, offset: int, partition: int, topic: str | None, files: tuple[Path, ...]
+) -> None:
+    """Everything about one dead letter: reason, headers, key and value."""
+    letter = _pick(asyncio.run(_letters(_dlq_topic(flow, topic, files))), partition, offset)
+    click.echo(f"record:  {letter.where}")
+    if letter.reason is not None:
+        reason = letter.reason
+        click.echo(f"from:    {reason.topic}[{reason.partition}]@{reason.offset}")
+        click.echo(f"flow:    {reason.flow}, step {reason.step}, attempts {reason.attempts}")
+        click.echo(f"time:    {reason.time.isoformat()}")
+        click.echo(f"error:   {reason.error_type}: {reason.error}")
+    click.echo(f"key:     {letter.key!r}")
+    click.echo(f"value:   {len(letter.value)} bytes, starting {letter.value[:32].hex(' ')}")
+    for name, value in letter.headers:
+        click.echo(f"header:  {name}: {value.decode(errors='replace')}")
+
+
+@dlq.command("replay")
+@click.argument("flow")
+@click.option("--offset", "offsets", multiple=True, type=int, help="Replay this letter (repeat).")
+@click.option("--partition", default=0, show_default=True, type=int)
+@click.option("--all", "everything", is_flag=True, help="Replay every letter in the topic.")
+@DlqTopic
+@DlqFiles
+def replay_letters(
+    *,
+    flow: str,
+    offsets: tuple[int, ...],
+    partition: int,
+    everything: bool,
+    topic: str | None,
+    files: tuple[Path, ...],
+) -> None:
+    """Send dead letters back to the topics they came from, for the flow to try again."""
+    if bool(offsets) == everything:
+        raise click.UsageError("give --offset N (one or more) or --all")
+    dlq_topic = _dlq_topic(flow, topic, files)
+
+    async def go() -> list[str]:
+        bootstrap = await _reachable_kafka(load_settings())
+        letters = await read_letters(bootstrap, dlq_topic)
+        chosen = letters if everything else [_pick(letters, partition, o) for o in offsets]
+        return await replay(bootstrap, chosen)
+
+    for line in asyncio.run(go()):
+        click.echo(f"replayed {line}")
+
+
+async def _letters(topic: str) -> list[StoredLetter]:
+    return await read_letters(await _reachable_kafka(load_settings()), topic)
+
+
+def _pick(letters: Sequence[StoredLetter], partition: int, offset: int) -> StoredLetter:
+    for letter in letters:
+        if (letter.partition, letter.offset) == (partition, offset):
+            return letter
+    raise ConfigError(f"no dead letter at partition {partition}, offset {offset}")
 
 
 @main.group()

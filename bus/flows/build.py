@@ -52,7 +52,9 @@ def build_flow(
         guarantee=flow.guarantee,
         max_in_flight=flow.max_in_flight,
     )
-    processor = FlowProcessor(flow=flow.name, steps=steps, codec=codec, to=flow.to)
+    processor = FlowProcessor(
+        flow=flow.name, steps=steps, codec=codec, to=flow.to, dead_letter_topic=flow.dlq
+    )
     return BuiltFlow(plan, processor)
 
 

@@ -11,6 +11,8 @@ from bus.events.cloudevents import format_time
 from bus.events.codec import KafkaRecord
 
 PREFIX = "bus_dlq_"
+ATTEMPTS_HEADER = "bus_attempts"  # how often a replayed record was tried before
+REPLAYED_HEADER = "bus_replayed_from"  # <dlq topic>[<partition>]@<offset>
 _FIELDS = (
     "error_type",
     "error",
@@ -97,3 +99,11 @@ def original_headers(headers: Sequence[tuple[str, bytes]]) -> list[tuple[str, by
 
 def now() -> datetime:
     return datetime.now(UTC)
+
+
+def previous_attempts(headers: Sequence[tuple[str, bytes | None]]) -> int:
+    """How often a record was tried before (0 unless it was replayed from a DLQ)."""
+    for name, value in headers:
+        if name == ATTEMPTS_HEADER and value is not None and value.isdigit():
+            return int(value)
+    return 0

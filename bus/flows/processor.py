@@ -10,7 +10,7 @@ from dataclasses import dataclass, replace
 from bus.errors import BusError, EventDecodeError
 from bus.events.codec import DecodedEvent, EventCodec, KafkaRecord
 from bus.events.event import Event, now
-from bus.flows.dead_letters import DeadLetter, InputRecord
+from bus.flows.dead_letters import DeadLetter, InputRecord, previous_attempts
 from bus.flows.dead_letters import now as utc_now
 from bus.flows.steps import Item, Step
 
@@ -24,6 +24,14 @@ PARENT_ID = "parentid"  # a CloudEvents extension: ce_parentid
 class Output:
     topic: str
     record: KafkaRecord
+
+
+@dataclass(frozen=True, slots=True)
+class Handled:
+    """What to write for one consumed record: its outputs, or its dead letter (and why)."""
+
+    writes: list[Output]
+    dead_letter: DeadLetter | None = None
 
 
 class _Failed(Exception):  # noqa: N818 -- control flow inside process(), never escapes
@@ -40,12 +48,22 @@ class FlowProcessor:
         steps: Sequence[Step],
         codec: EventCodec,
         to: str | None,
+        dead_letter_topic: str,
     ) -> None:
         self.flow = flow
+        self.dead_letter_topic = dead_letter_topic
         self.steps = steps
         self.codec = codec
         self.to = to
         self.source = f"/bus/flows/{flow}"
+
+    async def handle(self, record: InputRecord) -> Handled:
+        """The records to write for `record`: what the Kafka runner and the test kit both do."""
+        outcome = await self.process(record, previous_attempts(record.headers) + 1)
+        if isinstance(outcome, DeadLetter):
+            letter = Output(self.dead_letter_topic, outcome.to_record(record))
+            return Handled([letter], outcome)
+        return Handled(outcome)
 
     async def process(self, record: InputRecord, attempts: int = 1) -> list[Output] | DeadLetter:
         try:

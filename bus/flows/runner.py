@@ -14,7 +14,7 @@ from typing import Any, Literal
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
 
-from bus.flows.dead_letters import DeadLetter, InputRecord
+from bus.flows.dead_letters import InputRecord
 from bus.flows.processor import FlowProcessor
 
 log = logging.getLogger(__name__)
@@ -135,31 +135,24 @@ class FlowRunner:
             value=consumed.value or b"",
             headers=consumed.headers,
         )
-        outcome = await self.processor.process(record)
+        handled = await self.processor.handle(record)
         self.processed += 1
-        if isinstance(outcome, DeadLetter):
+        if handled.dead_letter is not None:
             self.dead_lettered += 1
+            reason = handled.dead_letter
             log.warning(
                 "flow %s: %s[%d]@%d dead-lettered at %s: %s: %s",
                 self.plan.name, record.topic, record.partition, record.offset,
-                outcome.step, outcome.error_type, outcome.error,
+                reason.step, reason.error_type, reason.error,
             )  # fmt: skip
-            letter = outcome.to_record(record)
-            future = await producer.send(
-                self.plan.dead_letter_topic,
-                letter.value,
-                key=letter.key,
-                headers=list(letter.headers),
-            )
-            return [future]
         return [
             await producer.send(
-                output.topic,
-                output.record.value,
-                key=output.record.key,
-                headers=list(output.record.headers),
+                write.topic,
+                write.record.value,
+                key=write.record.key,
+                headers=list(write.record.headers),
             )
-            for output in outcome
+            for write in handled.writes
         ]
 
 

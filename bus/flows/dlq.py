@@ -1,0 +1,124 @@
+"""Reading a flow's dead-letter topic, and replaying its records to where they came from."""
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.errors import KafkaError
+
+from bus.errors import BusError
+from bus.flows.dead_letters import (
+    ATTEMPTS_HEADER,
+    REPLAYED_HEADER,
+    DeadLetter,
+    original_headers,
+)
+
+
+@dataclass(frozen=True, slots=True)
+class StoredLetter:
+    """A record in a dead-letter topic, where it sits, and why it is there."""
+
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes
+    headers: Sequence[tuple[str, bytes]]
+    reason: DeadLetter | None  # None: a record that bus did not dead-letter
+
+    @property
+    def where(self) -> str:
+        return f"{self.topic}[{self.partition}]@{self.offset}"
+
+
+async def read_letters(bootstrap_servers: str, topic: str) -> list[StoredLetter]:
+    """Every record in the topic now, from the start to the current end of each partition."""
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap_servers,
+        enable_auto_commit=False,
+        isolation_level="read_committed",
+    )
+    try:
+        await consumer.start()
+        partitions = await _partitions(bootstrap_servers, topic)
+        if not partitions:
+            raise BusError(
+                f"dead-letter topic {topic!r} does not exist; check the flow name, or pass "
+                "the flow files that name its dlq topic"
+            )
+        assigned = [TopicPartition(topic, partition) for partition in sorted(partitions)]
+        consumer.assign(assigned)
+        await consumer.seek_to_beginning(*assigned)
+        ends = await consumer.end_offsets(assigned)
+        letters: list[StoredLetter] = []
+        while [tp for tp in assigned if await consumer.position(tp) < ends[tp]]:
+            for batch in (await consumer.getmany(*assigned, timeout_ms=1000)).values():
+                letters.extend(
+                    StoredLetter(
+                        topic=r.topic,
+                        partition=r.partition,
+                        offset=r.offset,
+                        key=r.key,
+                        value=r.value or b"",
+                        headers=list(r.headers),
+                        reason=DeadLetter.from_headers(r.headers),
+                    )
+                    for r in batch
+                    if r.offset < ends[TopicPartition(r.topic, r.partition)]
+                )
+        return sorted(letters, key=lambda letter: (letter.partition, letter.offset))
+    except KafkaError as error:
+        raise BusError(f"cannot read dead-letter topic {topic!r}: {error}") from error
+    finally:
+        await consumer.stop()
+
+
+async def _partitions(bootstrap_servers: str, topic: str) -> set[int]:
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers)
+    await admin.start()
+    try:
+        [described] = await admin.describe_topics([topic])
+    finally:
+        await admin.close()
+    if described.get("error_code"):
+        return set()
+    return {partition["partition"] for partition in described["partitions"]}
+
+
+async def replay(bootstrap_servers: str, letters: Sequence[StoredLetter]) -> list[str]:
+    """Send each letter back to the topic it was consumed from, as it was, and say where."""
+    producer = AIOKafkaProducer(
+        bootstrap_servers=bootstrap_servers, acks="all", enable_idempotence=True
+    )
+    await producer.start()
+    sent = []
+    try:
+        for letter in letters:
+            if letter.reason is None:
+                raise BusError(
+                    f"{letter.where} carries no bus_dlq_* headers, so its origin is unknown; "
+                    "it was not dead-lettered by bus"
+                )
+            headers = [
+                (name, value)
+                for name, value in original_headers(letter.headers)
+                if name not in (ATTEMPTS_HEADER, REPLAYED_HEADER)
+            ]
+            headers += [
+                (ATTEMPTS_HEADER, str(letter.reason.attempts).encode()),
+                (REPLAYED_HEADER, letter.where.encode()),
+            ]
+            await producer.send_and_wait(
+                letter.reason.topic, letter.value, key=letter.key, headers=headers
+            )
+            sent.append(f"{letter.where} -> {letter.reason.topic}")
+    except KafkaError as error:
+        raise BusError(
+            f"replay stopped after {len(sent)} record(s): {error}; the rest are still in the "
+            "dead-letter topic"
+        ) from error
+    finally:
+        await producer.stop()
+    return sent
