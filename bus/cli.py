@@ -92,7 +92,7 @@ async def _run_flows(
     bootstrap = await _reachable_kafka(settings)
     names = select(flows, only)
     click.echo(f"running {', '.join(names)} on Kafka {bootstrap}; Ctrl-C stops", err=True)
-    await run_flows(
+    abandoned = await run_flows(
         flows,
         catalog,
         bootstrap_servers=bootstrap,
@@ -100,7 +100,14 @@ async def _run_flows(
         shutdown_grace=shutdown_grace,
         stop=stop,
     )
-    click.echo("stopped: in-flight work finished and committed", err=True)
+    if abandoned:
+        click.echo(
+            f"stopped after the {shutdown_grace:g} s grace period; {', '.join(abandoned)} "
+            "abandoned the batch in hand (not committed: it will be processed again)",
+            err=True,
+        )
+    else:
+        click.echo("stopped: in-flight work finished and committed", err=True)
 
 
 @main.command()

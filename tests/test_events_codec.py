@@ -668,3 +668,9 @@ def test_a_logical_type_change_is_a_new_version(tmp_path: Path) -> None:
     # Going back to the released version makes it current again, not "missing".
     write_schema(tmp_path, amount(2))
     assert SchemaCatalog.load(tmp_path).current("com.acme.t.Amount").version == 1
+
+
+async def test_a_field_the_schema_lacks_is_refused_not_dropped() -> None:
+    event = dataclasses.replace(customer_event(), data={**customer_event().data, "acount": 1})
+    with pytest.raises(EventValidationError, match=r"acount: not a field of the schema"):
+        await EventCodec(CATALOG).encode(event)

@@ -75,6 +75,11 @@ class SchemaVersion:
         return json.dumps(self.schema, separators=(",", ":"))
 
     @cached_property
+    def field_names(self) -> frozenset[str]:
+        """The record's own field names (empty for an enum or fixed)."""
+        return frozenset(field["name"] for field in self.schema.get("fields", ()))
+
+    @cached_property
     def identity(self) -> str:
         """What makes two versions the same: everything but documentation. The fingerprint is
         not enough: the canonical form drops logical types, defaults and aliases."""

@@ -72,6 +72,17 @@ class EventCodec:
             prefix = framing.single_object(writer.fingerprint)
         else:
             prefix = framing.confluent(await self._registry_id(writer))
+        # The Avro writer ignores keys the schema lacks: without this, a misspelt field (say, an
+        # enrich step's `into`) would vanish without a word.
+        extra = event.data.keys() - writer.field_names
+        if extra:
+            raise EventValidationError(
+                writer.full_name,
+                [
+                    (name, "not a field of the schema (it would be dropped)")
+                    for name in sorted(extra)
+                ],
+            )
         buffer = io.BytesIO()
         buffer.write(prefix)
         try:

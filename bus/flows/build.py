@@ -41,10 +41,15 @@ def build_flow(
     codec: EventCodec,
     lookups: Mapping[str, Lookup] | None = None,
 ) -> BuiltFlow:
-    steps = [
-        _step(f"steps[{index}]", step, catalog, lookups or {})
-        for index, step in enumerate(flow.steps)
-    ]
+    try:
+        steps = [
+            _step(f"steps[{index}]", step, catalog, lookups or {})
+            for index, step in enumerate(flow.steps)
+        ]
+    except ConfigError as error:
+        raise ConfigError(
+            f"{flow.origin.where('steps')}: mediation flow {flow.name!r}: {error}"
+        ) from error
     plan = FlowPlan(
         name=flow.name,
         sources=tuple(flow.from_),

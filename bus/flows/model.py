@@ -424,10 +424,12 @@ class TopicDefaults(Block):
     """How topics that the flows create (because they are missing) are configured."""
 
     partitions: int | None = Field(
-        default=None, ge=1, description="Partitions of a created topic; omitted: the broker's."
+        default=None, ge=1, description="Partitions of a created topic; omitted: 6."
     )
     replication_factor: int | None = Field(
-        default=None, ge=1, description="Replicas of a created topic; omitted: the broker's."
+        default=None,
+        ge=1,
+        description="Replicas of a created topic; omitted: the number of brokers, at most 3.",
     )
 
 

@@ -113,7 +113,7 @@ class FlowProcessor:
                 id=str(uuid.uuid5(_IDS, f"{self.flow}/{parent.id}/{position}")),
                 source=self.source,
                 time=now(),
-                extensions={**parent.extensions, PARENT_ID: parent.id},
+                extensions={**item.event.extensions, PARENT_ID: parent.id},
             )
             try:
                 record = await self.codec.encode(event, decoded.trace)

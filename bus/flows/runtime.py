@@ -5,6 +5,7 @@ import contextlib
 import logging
 import os
 import socket
+import time
 from collections.abc import Sequence
 
 from bus.errors import ConfigError
@@ -18,6 +19,7 @@ from bus.flows.topics import ensure_topics
 
 log = logging.getLogger(__name__)
 RESTART_BACKOFF = (1.0, 30.0)  # first and longest wait before a failed flow starts again
+HEALTHY_RUN = 60.0  # seconds of running after which a failure starts the backoff afresh
 
 
 def instance_id() -> str:
@@ -45,9 +47,10 @@ async def run_flows(
     only: Sequence[str] = (),
     shutdown_grace: float = 30.0,
     stop: asyncio.Event,
-) -> None:
+) -> list[str]:
     """Run the selected flows until `stop` is set; then let each finish its batch within
-    `shutdown_grace` seconds, commit, and return."""
+    `shutdown_grace` seconds and commit. Returns the flows that had to abandon their batch
+    (uncommitted: the next owner processes it again)."""
     registry_url = flows.kafka.schema_registry if flows.kafka else None
     registry = SchemaRegistryClient(registry_url) if registry_url else None
     codec = EventCodec(catalog, registry)
@@ -71,6 +74,7 @@ async def run_flows(
         for task in pending:  # past the deadline: abandon the batch; it was not committed
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        return [flow.plan.name for flow, task in zip(built, tasks, strict=True) if task in pending]
     finally:
         if registry is not None:
             await registry.close()
@@ -82,10 +86,13 @@ async def _supervise(flow: BuiltFlow, bootstrap_servers: str, stop: asyncio.Even
     wait = RESTART_BACKOFF[0]
     while not stop.is_set():
         runner = FlowRunner(flow.plan, flow.processor, bootstrap_servers, instance_id())
+        started = time.monotonic()
         try:
             await runner.run(stop)
             return
         except Exception:
+            if time.monotonic() - started > HEALTHY_RUN:
+                wait = RESTART_BACKOFF[0]  # a new failure after a good run, not a crash loop
             log.exception("flow %s failed; restarting in %.0f s", flow.plan.name, wait)
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), wait)
