@@ -270,3 +270,40 @@ mediation:
             await read_records(bootstrap_servers, sink, 60)
             outputs = await read_all(bootstrap_servers, sink)
     assert len(outputs) == 60
+
+
+async def test_an_invalid_output_is_dead_lettered(
+    tmp_path: Path,
+    bootstrap_servers: str,
+    topic_name: Callable[[str], str],
+    create_topics: Callable[..., Any],
+) -> None:
+    source, sink, dlq = topic_name("in"), topic_name("out"), topic_name("dlq")
+    await create_topics(source, dlq)
+    # The enrichment lands in a field CustomerChanged does not have, and nothing maps it away.
+    flow = write_flow(
+        tmp_path,
+        f"""
+mediation:
+  - name: sloppy
+    from: {source}
+    to: {sink}
+    dlq: {dlq}
+    steps:
+      - enrich:
+          lookup: tests.test_flows_on_kafka:lookup_account
+          with: {{customerId: event.customerId}}
+          into: account
+""",
+    )
+    async with (
+        Publisher(bootstrap_servers, CATALOG, source="/crm") as publisher,
+        running_flows(flow, bootstrap_servers),
+    ):
+        await publisher.publish(source, "com.acme.crm.CustomerChanged", customer(1, "DE"))
+        [letter] = await read_records(bootstrap_servers, dlq, 1)
+    reason = headers_of(letter)
+    assert reason["bus_dlq_step"] == "output"
+    assert reason["bus_dlq_error_type"] == "EventValidationError"
+    assert "account: not a field of the schema" in reason["bus_dlq_error"]
+    assert await read_all(bootstrap_servers, sink, quiet=1.0) == []

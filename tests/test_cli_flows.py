@@ -1,0 +1,52 @@
+"""`bus validate` and `bus schema-json` as a user runs them."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def bus(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "bus", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+def test_validate_the_example() -> None:
+    validated = bus("validate", "examples/flows/customers.yaml")
+    assert validated.returncode == 0, validated.stderr
+    assert validated.stdout.strip() == "1 file(s) valid: 0 inbound, 1 mediation, 0 outbound"
+
+
+def test_validate_names_file_line_and_key(tmp_path: Path) -> None:
+    broken = tmp_path / "broken.yaml"
+    broken.write_text(
+        "mediation:\n"
+        "  - name: broken\n"
+        "    from: in.v1\n"
+        "    to: out.v1\n"
+        "    steps:\n"
+        "      - filter: event.email ==\n"
+        "      - transform:\n"
+        "          to: com.acme.erp.CustomerUpsert\n"
+        "          map: {customerId: event.customerId}\n"
+    )
+    validated = bus("validate", str(broken))
+    assert validated.returncode == 1
+    assert f"{broken}:6:9: mediation[0].steps[0].filter: expression " in validated.stderr
+    assert f"{broken}:8:11: mediation[0].steps[1].transform.to: no schema named " in validated.stderr
+    assert "com.acme.erp.CustomerUpsertRequest" in validated.stderr  # the suggestion
+
+
+def test_schema_json_describes_the_file() -> None:
+    printed = bus("schema-json")
+    assert printed.returncode == 0, printed.stderr
+    schema = json.loads(printed.stdout)
+    assert {"inbound", "mediation", "outbound"} <= set(schema["properties"])
