@@ -66,8 +66,8 @@ from bus.config import load_settings
 from bus.errors import BusError, ConfigError
 from bus.events.catalog import SchemaCatalog
 from bus.events.codec import EventCodec, KafkaRecord
-from bus.events.event import Event, new_event_id, now
-from bus.events.validation import validated
+from bus.events.event import Event
+from bus.events.validation import new_event
 from bus.flows.build import BuiltFlow, build_flow
 from bus.flows.dead_letters import DeadLetter, InputRecord, original_headers
 from bus.flows.loading import FlowFileError, load_flow_files
@@ -237,17 +237,10 @@ class FlowTestKit:
 
         Raises EventValidationError (naming each bad field) before anything is written.
         """
-        schema = self.catalog.current(event_type)
-        event = Event(
-            type=event_type,
-            data=validated(schema, data),
-            source=self.source,
-            id=event_id or new_event_id(),
-            time=time or now(),
-            subject=subject,
-            key=key,
-            extensions=extensions or {},
-        )
+        event = new_event(
+            self.catalog, event_type, data, source=self.source, key=key, subject=subject,
+            event_id=event_id, time=time, extensions=extensions,
+        )  # fmt: skip
         self._write(topic, await self.codec.encode(event, trace))
         return event
 

@@ -12,8 +12,8 @@ from pydantic import BaseModel
 from bus.errors import PublishError
 from bus.events.catalog import SchemaCatalog
 from bus.events.codec import EventCodec, SchemaIds
-from bus.events.event import Event, new_event_id, now
-from bus.events.validation import validated
+from bus.events.event import Event
+from bus.events.validation import new_event
 
 
 class Publisher:
@@ -85,17 +85,10 @@ class Publisher:
         Raises EventValidationError (naming each bad field) before anything is sent, and
         PublishError if Kafka does not acknowledge it.
         """
-        schema = self.codec.catalog.current(event_type)
-        event = Event(
-            type=event_type,
-            data=validated(schema, data),
-            source=self.source,
-            id=event_id or new_event_id(),
-            time=time or now(),
-            subject=subject,
-            key=key,
-            extensions=extensions or {},
-        )
+        event = new_event(
+            self.codec.catalog, event_type, data, source=self.source, key=key, subject=subject,
+            event_id=event_id, time=time, extensions=extensions,
+        )  # fmt: skip
         await self.send(topic, event, trace)
         return event
 

@@ -15,7 +15,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 
 from bus.errors import EventValidationError, SchemaError
 from bus.events.canonical import Schema
-from bus.events.catalog import SchemaVersion
+from bus.events.catalog import SchemaCatalog, SchemaVersion
+from bus.events.event import Event, new_event_id, now
 
 _INT = Annotated[int, Field(ge=-(2**31), le=2**31 - 1)]
 _LONG = Annotated[int, Field(ge=-(2**63), le=2**63 - 1)]
@@ -52,6 +53,31 @@ def validated(version: SchemaVersion, data: Mapping[str, Any] | BaseModel) -> di
     except ValidationError as invalid:
         raise EventValidationError(version.full_name, _problems(invalid, names)) from invalid
     return checked.model_dump(by_alias=True)
+
+
+def new_event(
+    catalog: SchemaCatalog,
+    event_type: str,
+    data: Mapping[str, Any] | BaseModel,
+    *,
+    source: str,
+    key: str | None = None,
+    subject: str | None = None,
+    event_id: str | None = None,
+    time: datetime | None = None,
+    extensions: Mapping[str, str] | None = None,
+) -> Event:
+    """An event of the current schema of `event_type`, its data checked and converted."""
+    return Event(
+        type=event_type,
+        data=validated(catalog.current(event_type), data),
+        source=source,
+        id=event_id or new_event_id(),
+        time=time or now(),
+        subject=subject,
+        key=key,
+        extensions=extensions or {},
+    )
 
 
 def explain_invalid(version: SchemaVersion, data: Mapping[str, Any]) -> list[tuple[str, str]]:
