@@ -3,6 +3,7 @@
 import asyncio
 import json
 import logging
+import os
 import signal
 import sys
 from collections import Counter
@@ -86,9 +87,16 @@ async def _run_flows(
     shutdown_grace: float,
 ) -> None:
     stop = asyncio.Event()
+
+    def on_signal() -> None:
+        if stop.is_set():  # a second Ctrl-C: stop now, whatever is in flight
+            click.echo("stopping at once: in-flight work is not committed", err=True)
+            os._exit(130)
+        stop.set()
+
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(signum, stop.set)
+        loop.add_signal_handler(signum, on_signal)
     bootstrap = await _reachable_kafka(settings)
     names = select(flows, only)
     click.echo(f"running {', '.join(names)} on Kafka {bootstrap}; Ctrl-C stops", err=True)

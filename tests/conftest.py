@@ -11,6 +11,7 @@ import pytest
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from bus.config import BusSettings
+from bus.errors import BrokerStartError
 from bus.local_kafka import KafkaDistribution, LocalKafka
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -29,10 +30,19 @@ TEST_BROKER_OVERRIDES = {
 
 
 def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
+    return free_ports(1)[0]
+
+
+def free_ports(count: int) -> list[int]:
+    """`count` distinct ports free right now (held open together, so no two are the same)."""
+    probes = [socket.socket(socket.AF_INET, socket.SOCK_STREAM) for _ in range(count)]
+    try:
+        for probe in probes:
+            probe.bind(("127.0.0.1", 0))
+        return [probe.getsockname()[1] for probe in probes]
+    finally:
+        for probe in probes:
+            probe.close()
 
 
 def kafka_cache_dir() -> Path:
@@ -43,16 +53,24 @@ def kafka_cache_dir() -> Path:
 
 @pytest.fixture(scope="session")
 def kafka_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalKafka]:
-    broker = LocalKafka(
-        state_dir=tmp_path_factory.mktemp("kafka"),
-        distribution=KafkaDistribution.pinned(kafka_cache_dir()),
-        client_port=free_port(),
-        controller_port=free_port(),
-        overrides=TEST_BROKER_OVERRIDES,
-        heap="512m",
-        die_with_parent=True,
-    )
-    asyncio.run(broker.start(ready_within=90.0))
+    for attempt in range(3):
+        client_port, controller_port = free_ports(2)
+        broker = LocalKafka(
+            state_dir=tmp_path_factory.mktemp("kafka"),
+            distribution=KafkaDistribution.pinned(kafka_cache_dir()),
+            client_port=client_port,
+            controller_port=controller_port,
+            overrides=TEST_BROKER_OVERRIDES,
+            heap="512m",
+            die_with_parent=True,
+        )
+        try:
+            asyncio.run(broker.start(ready_within=90.0))
+            break
+        except BrokerStartError as error:
+            # Another process may take a free port between choosing it and listening on it.
+            if attempt == 2 or "port" not in str(error):
+                raise
     try:
         yield broker
     finally:

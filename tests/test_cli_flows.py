@@ -41,7 +41,9 @@ def test_validate_names_file_line_and_key(tmp_path: Path) -> None:
     validated = bus("validate", str(broken))
     assert validated.returncode == 1
     assert f"{broken}:6:9: mediation[0].steps[0].filter: expression " in validated.stderr
-    assert f"{broken}:8:11: mediation[0].steps[1].transform.to: no schema named " in validated.stderr
+    assert (
+        f"{broken}:8:11: mediation[0].steps[1].transform.to: no schema named " in validated.stderr
+    )
     assert "com.acme.erp.CustomerUpsertRequest" in validated.stderr  # the suggestion
 
 

@@ -15,7 +15,7 @@ import pytest
 
 from bus.local_kafka.distribution import _java_major
 from bus.local_kafka.readiness import answers_metadata
-from tests.conftest import ROOT, free_port, kafka_cache_dir
+from tests.conftest import ROOT, free_port, free_ports, kafka_cache_dir
 
 Bus = Callable[..., subprocess.CompletedProcess[str]]
 
@@ -41,11 +41,12 @@ def home(tmp_path: Path) -> Iterator[Path]:
 @pytest.fixture
 def bus_env(home: Path) -> dict[str, str]:
     env = {key: value for key, value in os.environ.items() if key != "KAFKA_BOOTSTRAP_SERVERS"}
+    ports = free_ports(2)
     env.update(
         BUS_HOME=str(home),
         BUS_CACHE_DIR=str(kafka_cache_dir()),
-        BUS_KAFKA_PORT=str(free_port()),
-        BUS_KAFKA_CONTROLLER_PORT=str(free_port()),
+        BUS_KAFKA_PORT=str(ports[0]),
+        BUS_KAFKA_CONTROLLER_PORT=str(ports[1]),
     )
     return env
 

@@ -674,3 +674,10 @@ async def test_a_field_the_schema_lacks_is_refused_not_dropped() -> None:
     event = dataclasses.replace(customer_event(), data={**customer_event().data, "acount": 1})
     with pytest.raises(EventValidationError, match=r"acount: not a field of the schema"):
         await EventCodec(CATALOG).encode(event)
+
+
+async def test_a_decimal_beyond_its_precision_is_refused_when_writing() -> None:
+    schema = CATALOG.current("com.acme.common.Money")
+    event = Event(type=schema.full_name, data={"amount": Decimal("1E+30"), "currency": "EUR"})
+    with pytest.raises(EventValidationError, match=r"amount"):
+        await EventCodec(CATALOG).encode(event)

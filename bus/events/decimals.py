@@ -10,6 +10,10 @@ from functools import cache
 from typing import Any
 
 from fastavro.read import LOGICAL_READERS
+from fastavro.write import LOGICAL_WRITERS
+
+_WRITE_BYTES_DECIMAL = LOGICAL_WRITERS["bytes-decimal"]
+_WRITE_FIXED_DECIMAL = LOGICAL_WRITERS["fixed-decimal"]
 
 
 @cache
@@ -32,7 +36,29 @@ def read_decimal(data: bytes, writer_schema: Any = None, reader_schema: Any = No
     return Decimal((1 if unscaled < 0 else 0, digits, -scale))
 
 
+def _check_precision(datum: Any, schema: Any) -> None:
+    """fastavro writes a decimal with more digits than the schema's precision, which readers
+    (ours included) then refuse: refuse it when writing instead."""
+    if isinstance(datum, Decimal) and datum.is_finite():
+        precision, scale = int(schema["precision"]), int(schema.get("scale", 0))
+        unscaled = abs(int(datum.scaleb(scale)))
+        if unscaled >= 10**precision:
+            raise ValueError(f"{datum} has more digits than decimal({precision},{scale}) holds")
+
+
+def _write_bytes_decimal(datum: Any, schema: Any) -> Any:
+    _check_precision(datum, schema)
+    return _WRITE_BYTES_DECIMAL(datum, schema)
+
+
+def _write_fixed_decimal(datum: Any, schema: Any) -> Any:
+    _check_precision(datum, schema)
+    return _WRITE_FIXED_DECIMAL(datum, schema)
+
+
 def install() -> None:
-    """Make fastavro read decimals this way (both its C and Python readers use this table)."""
+    """Make fastavro read and write decimals this way (its C and Python codecs share these)."""
     LOGICAL_READERS["bytes-decimal"] = read_decimal
     LOGICAL_READERS["fixed-decimal"] = read_decimal
+    LOGICAL_WRITERS["bytes-decimal"] = _write_bytes_decimal
+    LOGICAL_WRITERS["fixed-decimal"] = _write_fixed_decimal

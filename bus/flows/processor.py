@@ -7,7 +7,7 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
-from bus.errors import BusError, EventDecodeError
+from bus.errors import BusError, SchemaRegistryError
 from bus.events.codec import DecodedEvent, EventCodec, KafkaRecord
 from bus.events.event import Event, now
 from bus.flows.dead_letters import DeadLetter, InputRecord, previous_attempts
@@ -18,6 +18,9 @@ from bus.flows.steps import Item, Step
 # the same ids, so consumers can drop the duplicates that at-least-once delivery allows.
 _IDS = uuid.UUID("6f1d7c1e-3b9a-4f0e-9c55-2d1e8a4b7c30")
 PARENT_ID = "parentid"  # a CloudEvents extension: ce_parentid
+# Kafka's default max.message.bytes is 1 MiB; keep under it with room for the batch framing.
+MAX_RECORD_BYTES = 1_000_000
+DROPPED_HEADER = "bus_dlq_value_dropped"  # the size of a dead letter's value that was dropped
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,6 +35,23 @@ class Handled:
 
     writes: list[Output]
     dead_letter: DeadLetter | None = None
+
+
+class RecordTooLargeError(BusError):
+    """An output (or a dead letter) would exceed what Kafka accepts as one record."""
+
+
+def record_size(record: KafkaRecord) -> int:
+    """A record's size on the wire, near enough to compare with the broker's limit."""
+    headers = sum(len(name) + len(value) + 8 for name, value in record.headers)
+    return len(record.value) + len(record.key or b"") + headers + 64
+
+
+def _raise_if_unavailable(error: BusError) -> None:
+    """A schema registry outage is no fault of the record: fail the batch, to be redone after
+    a restart, rather than dead-letter a whole stream."""
+    if isinstance(error, SchemaRegistryError) or isinstance(error.__cause__, SchemaRegistryError):
+        raise error
 
 
 class _Failed(Exception):  # noqa: N818 -- control flow inside process(), never escapes
@@ -59,11 +79,23 @@ class FlowProcessor:
 
     async def handle(self, record: InputRecord) -> Handled:
         """The records to write for `record`: what the Kafka runner and the test kit both do."""
-        outcome = await self.process(record, previous_attempts(record.headers) + 1)
-        if isinstance(outcome, DeadLetter):
-            letter = Output(self.dead_letter_topic, outcome.to_record(record))
-            return Handled([letter], outcome)
-        return Handled(outcome)
+        attempts = previous_attempts(record.headers) + 1
+        outcome = await self.process(record, attempts)
+        if not isinstance(outcome, DeadLetter):
+            oversized = next((o for o in outcome if record_size(o.record) > MAX_RECORD_BYTES), None)
+            if oversized is None:
+                return Handled(outcome)
+            too_big = RecordTooLargeError(
+                f"an output to {oversized.topic} would be {record_size(oversized.record)} bytes, "
+                f"over the {MAX_RECORD_BYTES}-byte limit of a Kafka record"
+            )
+            outcome = self._dead_letter(record, "output", too_big, attempts)
+        letter = outcome.to_record(record)
+        if record_size(letter) > MAX_RECORD_BYTES:
+            # Its value is what made it too large; the headers still say where it came from.
+            dropped = (DROPPED_HEADER, str(len(letter.value)).encode())
+            letter = replace(letter, value=b"", headers=[*letter.headers, dropped])
+        return Handled([Output(self.dead_letter_topic, letter)], outcome)
 
     async def process(self, record: InputRecord, attempts: int = 1) -> list[Output] | DeadLetter:
         try:
@@ -71,22 +103,28 @@ class FlowProcessor:
             items = await self._apply_steps(decoded.event)
             return await self._outputs(decoded, items)
         except _Failed as failed:
-            return DeadLetter(
-                error_type=type(failed.error).__name__,
-                error=str(failed.error),
-                flow=self.flow,
-                step=failed.step,
-                topic=record.topic,
-                partition=record.partition,
-                offset=record.offset,
-                attempts=attempts,
-                time=utc_now(),
-            )
+            return self._dead_letter(record, failed.step, failed.error, attempts)
+
+    def _dead_letter(
+        self, record: InputRecord, step: str, error: Exception, attempts: int
+    ) -> DeadLetter:
+        return DeadLetter(
+            error_type=type(error).__name__,
+            error=str(error),
+            flow=self.flow,
+            step=step,
+            topic=record.topic,
+            partition=record.partition,
+            offset=record.offset,
+            attempts=attempts,
+            time=utc_now(),
+        )
 
     async def _decode(self, record: InputRecord) -> DecodedEvent:
         try:
             return await self.codec.decode(record.key, record.value, record.headers)
-        except (EventDecodeError, BusError) as error:
+        except BusError as error:
+            _raise_if_unavailable(error)
             raise _Failed("decode", error) from error
 
     async def _apply_steps(self, event: Event) -> list[Item]:
@@ -118,6 +156,7 @@ class FlowProcessor:
             try:
                 record = await self.codec.encode(event, decoded.trace)
             except BusError as error:
+                _raise_if_unavailable(error)
                 raise _Failed("output", error) from error
             outputs.extend(Output(topic, record) for topic in topics)
         return outputs

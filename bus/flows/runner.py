@@ -14,13 +14,24 @@ from typing import Any, Literal
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
 
+from bus.errors import BusError
 from bus.flows.dead_letters import InputRecord
 from bus.flows.processor import FlowProcessor
 
 log = logging.getLogger(__name__)
 
 Guarantee = Literal["at-least-once", "exactly-once"]
-TRANSACTION_TIMEOUT_MS = 15_000  # how long a crashed instance's open transaction blocks readers
+# One batch must finish (outputs acknowledged, offsets committed) within BATCH_DEADLINE, which
+# stays below the time a rebalance waits for this member and below the transaction timeout:
+# otherwise the group would hand the partitions over while the batch still runs, and both
+# owners would write its outputs.
+BATCH_DEADLINE_S = 40.0
+REBALANCE_TIMEOUT_MS = 60_000
+TRANSACTION_TIMEOUT_MS = 60_000  # also how long a crashed instance's open transaction blocks
+
+
+class BatchTooSlowError(BusError):
+    """A batch did not finish within the deadline; it was neither committed nor kept."""
 
 
 @dataclass(frozen=True)
@@ -54,6 +65,7 @@ class FlowRunner:
         self._idle.set()
         self.processed = 0
         self.dead_lettered = 0
+        self.batch_size = plan.max_in_flight
 
     async def run(self, stop: asyncio.Event) -> None:
         """Process until `stop` is set, then finish the batch in hand, commit, and leave."""
@@ -63,6 +75,7 @@ class FlowRunner:
             enable_auto_commit=False,
             auto_offset_reset="earliest",
             isolation_level="read_committed",
+            rebalance_timeout_ms=REBALANCE_TIMEOUT_MS,
         )
         consumer.subscribe(list(self.plan.sources), listener=_FinishBeforeRevoke(self._idle))
         producer = self._producer()
@@ -71,13 +84,18 @@ class FlowRunner:
             await consumer.start()
             try:
                 while not stop.is_set():
-                    batch = await consumer.getmany(
-                        timeout_ms=250, max_records=self.plan.max_in_flight
-                    )
+                    batch = await consumer.getmany(timeout_ms=250, max_records=self.batch_size)
                     if batch:
                         self._idle.clear()
                         try:
-                            await self._process_batch(consumer, producer, batch)
+                            async with asyncio.timeout(BATCH_DEADLINE_S):
+                                await self._process_batch(consumer, producer, batch)
+                        except TimeoutError as slow:
+                            records = sum(len(records) for records in batch.values())
+                            raise BatchTooSlowError(
+                                f"flow {self.plan.name}: a batch of {records} records took over "
+                                f"{BATCH_DEADLINE_S:.0f} s; it will be redone in smaller batches"
+                            ) from slow
                         finally:
                             self._idle.set()
             finally:
@@ -91,9 +109,13 @@ class FlowRunner:
                 bootstrap_servers=self.bootstrap_servers,
                 transactional_id=f"bus.{self.plan.name}.{self.instance_id}",
                 transaction_timeout_ms=TRANSACTION_TIMEOUT_MS,
+                linger_ms=5,
             )
         return AIOKafkaProducer(
-            bootstrap_servers=self.bootstrap_servers, acks="all", enable_idempotence=True
+            bootstrap_servers=self.bootstrap_servers,
+            acks="all",
+            enable_idempotence=True,
+            linger_ms=5,  # outputs of a batch travel together instead of one request each
         )
 
     async def _process_batch(
@@ -121,7 +143,11 @@ class FlowRunner:
             for record in records:
                 sent.extend(await self._send_outcome(producer, record))
 
-        await asyncio.gather(*(partition_in_order(records) for records in batch.values()))
+        # A task group: when one partition fails, the others stop too, rather than going on
+        # calling lookups and sending while the flow restarts.
+        async with asyncio.TaskGroup() as partitions:
+            for records in batch.values():
+                partitions.create_task(partition_in_order(records))
         await asyncio.gather(*sent)
 
     async def _send_outcome(

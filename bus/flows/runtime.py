@@ -14,12 +14,13 @@ from bus.events.codec import EventCodec
 from bus.events.registry import SchemaRegistryClient
 from bus.flows.build import BuiltFlow, build_flow, output_topics
 from bus.flows.model import FlowSet
-from bus.flows.runner import FlowRunner
+from bus.flows.runner import BatchTooSlowError, FlowRunner
 from bus.flows.topics import ensure_topics
 
 log = logging.getLogger(__name__)
 RESTART_BACKOFF = (1.0, 30.0)  # first and longest wait before a failed flow starts again
 HEALTHY_RUN = 60.0  # seconds of running after which a failure starts the backoff afresh
+TEARDOWN_S = 10.0  # after the grace period: how long leaving groups and closing may take
 
 
 def instance_id() -> str:
@@ -73,7 +74,9 @@ async def run_flows(
         _, pending = await asyncio.wait(tasks, timeout=shutdown_grace)
         for task in pending:  # past the deadline: abandon the batch; it was not committed
             task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        # Leaving the group and flushing may each wait a request timeout on a dead broker.
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.gather(*tasks, return_exceptions=True), TEARDOWN_S)
         return [flow.plan.name for flow, task in zip(built, tasks, strict=True) if task in pending]
     finally:
         if registry is not None:
@@ -84,12 +87,18 @@ async def _supervise(flow: BuiltFlow, bootstrap_servers: str, stop: asyncio.Even
     """Run a flow; after a failure (Kafka gone, a send refused) start it again from its last
     commit, waiting longer each time."""
     wait = RESTART_BACKOFF[0]
+    batch_size = flow.plan.max_in_flight
     while not stop.is_set():
         runner = FlowRunner(flow.plan, flow.processor, bootstrap_servers, instance_id())
+        runner.batch_size = batch_size
         started = time.monotonic()
         try:
             await runner.run(stop)
             return
+        except BatchTooSlowError as slow:
+            batch_size = max(1, batch_size // 2)
+            log.warning("%s; batches of at most %d records from now on", slow, batch_size)
+            continue
         except Exception:
             if time.monotonic() - started > HEALTHY_RUN:
                 wait = RESTART_BACKOFF[0]  # a new failure after a good run, not a crash loop

@@ -1,0 +1,71 @@
+"""The transport-free record processor: limits and failures that must not become dead letters."""
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from bus.errors import SchemaRegistryError
+from bus.events.codec import EventCodec
+from bus.events.event import Event
+from bus.flows.dead_letters import InputRecord
+from bus.flows.processor import DROPPED_HEADER, MAX_RECORD_BYTES, FlowProcessor
+from bus.flows.steps import PythonStep
+from tests.flow_harness import CATALOG
+from tests.test_events_codec import astuple, customer_event
+
+
+async def record_of(event: Event) -> InputRecord:
+    key, value, headers = astuple(await EventCodec(CATALOG).encode(event))
+    return InputRecord(topic="in", partition=0, offset=7, key=key, value=value, headers=headers)
+
+
+def processor(function: Any, codec: EventCodec | None = None) -> FlowProcessor:
+    return FlowProcessor(
+        flow="limits",
+        steps=[PythonStep("steps[0].python", function)],
+        codec=codec or EventCodec(CATALOG),
+        to="out",
+        dead_letter_topic="limits.dlq",
+    )
+
+
+async def test_an_oversized_output_is_dead_lettered() -> None:
+    def inflate(event: Event) -> Event:
+        huge = {**event.data, "attributes": {"blob": "x" * (MAX_RECORD_BYTES + 10)}}
+        return Event(type=event.type, data=huge, key=event.key)
+
+    handled = await processor(inflate).handle(await record_of(customer_event()))
+    assert handled.dead_letter is not None
+    assert handled.dead_letter.step == "output"
+    assert handled.dead_letter.error_type == "RecordTooLargeError"
+    assert [write.topic for write in handled.writes] == ["limits.dlq"]
+
+
+async def test_an_oversized_dead_letter_keeps_its_headers_but_not_its_value(tmp_path: Path) -> None:
+    big = customer_event()
+    big = Event(type=big.type, data={**big.data, "name": "y" * MAX_RECORD_BYTES}, key=big.key)
+
+    def fail(event: Event) -> Event:
+        raise ValueError("no")
+
+    handled = await processor(fail).handle(await record_of(big))
+    [letter] = handled.writes
+    headers = dict(letter.record.headers)
+    assert letter.record.value == b""
+    assert int(headers[DROPPED_HEADER]) > MAX_RECORD_BYTES
+    assert headers["bus_dlq_step"] == b"steps[0].python"
+
+
+class RegistryDown:
+    async def register(self, subject: str, schema: str) -> int:
+        raise SchemaRegistryError("cannot reach the schema registry at http://registry:8081")
+
+    async def schema_by_id(self, schema_id: int) -> str:
+        raise SchemaRegistryError("cannot reach the schema registry at http://registry:8081")
+
+
+async def test_a_registry_outage_fails_the_batch_instead_of_dead_lettering() -> None:
+    codec = EventCodec(CATALOG, RegistryDown())
+    with pytest.raises(SchemaRegistryError, match="cannot reach"):
+        await processor(lambda event: event, codec).handle(await record_of(customer_event()))
