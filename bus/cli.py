@@ -18,7 +18,7 @@ from bus.config import BusSettings, load_settings
 from bus.errors import BusError, ConfigError
 from bus.events.catalog import SchemaCatalog
 from bus.events.compatibility import Policy, check_catalogs, load_baseline
-from bus.flows.dlq import StoredLetter, read_letters, replay
+from bus.flows.dlq import StoredLetter, mark_replayed, read_letters, replay
 from bus.flows.loading import FlowFileError, load_flow_files
 from bus.flows.model import FlowSet
 from bus.flows.runtime import run_flows, select
@@ -313,7 +313,12 @@ def show(
 @click.argument("flow")
 @click.option("--offset", "offsets", multiple=True, type=int, help="Replay this letter (repeat).")
 @click.option("--partition", default=0, show_default=True, type=int)
-@click.option("--all", "everything", is_flag=True, help="Replay every letter in the topic.")
+@click.option(
+    "--all",
+    "everything",
+    is_flag=True,
+    help="Replay every letter not replayed by an earlier --all (progress kept in Kafka).",
+)
 @DlqTopic
 @DlqFiles
 def replay_letters(
@@ -332,12 +337,19 @@ def replay_letters(
 
     async def go() -> list[str]:
         bootstrap = await _reachable_kafka(load_settings())
+        if everything:  # only what an earlier --all did not replay yet
+            chosen = await read_letters(bootstrap, dlq_topic, unreplayed=True)
+            sent = await replay(bootstrap, chosen)
+            await mark_replayed(bootstrap, chosen)
+            return sent
         letters = await read_letters(bootstrap, dlq_topic)
-        chosen = letters if everything else [_pick(letters, partition, o) for o in offsets]
-        return await replay(bootstrap, chosen)
+        return await replay(bootstrap, [_pick(letters, partition, o) for o in offsets])
 
-    for line in asyncio.run(go()):
+    replayed = asyncio.run(go())
+    for line in replayed:
         click.echo(f"replayed {line}")
+    if not replayed:
+        click.echo("nothing to replay", err=True)
 
 
 async def _letters(topic: str) -> list[StoredLetter]:

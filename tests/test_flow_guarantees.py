@@ -239,6 +239,19 @@ mediation:
         assert replayed.stdout.strip() == f"replayed {dlq}[0]@0 -> {source}"
         # Still failing: back in the DLQ, counted as the second attempt, its origin recorded.
         [_, again] = await read_records(bootstrap_servers, dlq, 2)
+
+        # --all replays what no earlier --all did: both letters now, then only their successors.
+        everything = await asyncio.to_thread(bus, "replay", "picky", "--all")
+        assert everything.stdout.splitlines() == [
+            f"replayed {dlq}[0]@0 -> {source}",
+            f"replayed {dlq}[0]@1 -> {source}",
+        ]
+        await read_records(bootstrap_servers, dlq, 4)
+        rest = await asyncio.to_thread(bus, "replay", "picky", "--all")
+        assert rest.stdout.splitlines() == [
+            f"replayed {dlq}[0]@2 -> {source}",
+            f"replayed {dlq}[0]@3 -> {source}",
+        ]
         assert process.terminate() == 0
     assert headers_of(again)["bus_dlq_attempts"] == "2"
     assert headers_of(again)["bus_replayed_from"] == f"{dlq}[0]@0"

@@ -33,10 +33,19 @@ class StoredLetter:
         return f"{self.topic}[{self.partition}]@{self.offset}"
 
 
-async def read_letters(bootstrap_servers: str, topic: str) -> list[StoredLetter]:
-    """Every record in the topic now, from the start to the current end of each partition."""
+def replay_group(topic: str) -> str:
+    """The consumer group that remembers how far `bus dlq replay --all` got in a topic."""
+    return f"bus.dlq-replay.{topic}"
+
+
+async def read_letters(
+    bootstrap_servers: str, topic: str, *, unreplayed: bool = False
+) -> list[StoredLetter]:
+    """Every record in the topic now, up to the current end of each partition; from the start,
+    or with `unreplayed` from where the last `replay --all` stopped."""
     consumer = AIOKafkaConsumer(
         bootstrap_servers=bootstrap_servers,
+        group_id=replay_group(topic) if unreplayed else None,
         enable_auto_commit=False,
         isolation_level="read_committed",
     )
@@ -50,7 +59,12 @@ async def read_letters(bootstrap_servers: str, topic: str) -> list[StoredLetter]
             )
         assigned = [TopicPartition(topic, partition) for partition in sorted(partitions)]
         consumer.assign(assigned)
-        await consumer.seek_to_beginning(*assigned)
+        for partition in assigned:
+            done = await consumer.committed(partition) if unreplayed else None
+            if done is None:
+                await consumer.seek_to_beginning(partition)
+            else:
+                consumer.seek(partition, done)
         ends = await consumer.end_offsets(assigned)
         letters: list[StoredLetter] = []
         while [tp for tp in assigned if await consumer.position(tp) < ends[tp]]:
@@ -85,6 +99,26 @@ async def _partitions(bootstrap_servers: str, topic: str) -> set[int]:
     if described.get("error_code"):
         return set()
     return {partition["partition"] for partition in described["partitions"]}
+
+
+async def mark_replayed(bootstrap_servers: str, letters: Sequence[StoredLetter]) -> None:
+    """Remember that `replay --all` got past these letters, so a second one skips them."""
+    if not letters:
+        return
+    topic = letters[0].topic
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap_servers, group_id=replay_group(topic), enable_auto_commit=False
+    )
+    await consumer.start()
+    try:
+        last: dict[TopicPartition, int] = {}
+        for letter in letters:
+            partition = TopicPartition(letter.topic, letter.partition)
+            last[partition] = max(last.get(partition, -1), letter.offset + 1)
+        consumer.assign(list(last))
+        await consumer.commit(last)
+    finally:
+        await consumer.stop()
 
 
 async def replay(bootstrap_servers: str, letters: Sequence[StoredLetter]) -> list[str]:
