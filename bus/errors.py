@@ -71,5 +71,20 @@ class EventValidationError(BusError):
         super().__init__(f"event data does not match {schema}: {listed}")
 
 
+class AuthenticationError(BusError):
+    """A request did not prove who sent it; the inbound adapters answer 401 Unauthorized.
+
+    `reason` is written for the caller and safe to send back to it: it says what was missing,
+    malformed, stale or not matching, never a secret, the expected signature or what the caller
+    sent. `challenge` is the value of the 401's `WWW-Authenticate` header where the scheme has one
+    (`Basic realm="bus", charset="UTF-8"`), else None.
+    """
+
+    def __init__(self, reason: str, *, challenge: str | None = None) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.challenge = challenge
+
+
 class PublishError(BusError):
     """Kafka did not acknowledge an event (with acks=all), so it must be treated as not stored."""
