@@ -1,6 +1,6 @@
 """The flow expression language: CEL over event data, with exact decimals and clear errors."""
 
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone
 from decimal import Decimal
 from typing import Any
 
@@ -327,3 +327,33 @@ def test_reading_only_the_fields_used_gives_what_reading_all_gives(source: str) 
     expression = compile_expression(source)
     everything = {"event": _to_cel(ORDER), "attributes": _to_cel(ATTRIBUTES)}
     assert expression.evaluate(ORDER, ATTRIBUTES) == expression._program.execute(everything)
+
+
+# --- review findings -------------------------------------------------------------------------
+
+
+def test_timestamps_are_read_in_utc_whatever_their_offset() -> None:
+    moment = datetime(2026, 11, 24, 1, 40, 6, tzinfo=timezone(timedelta(hours=2)))
+    hours = compile_expression("attributes.time.getHours()")
+    assert hours.evaluate({}, {"time": moment}) == 23
+
+
+def test_a_list_too_long_for_an_expression_is_refused() -> None:
+    expression = compile_expression("event.lines.size() > 0")
+    with pytest.raises(ExpressionError, match=r"a list of 10001 elements \(at most 10000"):
+        expression.evaluate({"lines": list(range(10_001))})
+
+
+def test_an_overlong_expression_is_refused_when_compiled() -> None:
+    with pytest.raises(ExpressionError, match=r"at most 4096 are accepted"):
+        compile_expression("1" + " + 1" * 2000)
+
+
+def test_a_value_nested_too_deep_is_an_expression_error() -> None:
+    deep: dict[str, object] = {}
+    node = deep
+    for _ in range(2000):
+        node["a"] = {}
+        node = node["a"]  # type: ignore[assignment]
+    with pytest.raises(ExpressionError, match="nested this deep"):
+        compile_expression("size(event.a) >= 0").evaluate(deep)

@@ -21,6 +21,8 @@ from cel import stdlib
 from bus.errors import BusError
 
 VARIABLES = ("event", "attributes")
+MAX_SOURCE_LENGTH = 4096  # deeply nested or endless expressions crash the runtime's parser
+MAX_LIST_LENGTH = 10_000
 
 # Names that `Program.variables()` reports for a CEL type used as a value: `type(x) == string`.
 _TYPE_NAMES = frozenset(
@@ -130,6 +132,8 @@ class Expression:
                 variables[var] = _select(values[var], paths)
         except _UnsupportedValueError as unsupported:
             raise ExpressionError(self.source, f"cannot read {unsupported}") from None
+        except RecursionError:
+            raise ExpressionError(self.source, "cannot read a value nested this deep") from None
         try:
             return self._program.execute(variables)
         except (ValueError, TypeError, KeyError, IndexError, ArithmeticError, RuntimeError) as exc:
@@ -201,6 +205,12 @@ _compiled: dict[str, Expression] = {}
 
 
 def _compile(source: str) -> Expression:
+    if len(source) > MAX_SOURCE_LENGTH:
+        raise ExpressionError(
+            source[:60] + "...",
+            f"is {len(source)} characters long; at most {MAX_SOURCE_LENGTH} are accepted "
+            "(use a python step for anything bigger)",
+        )
     try:
         program = cel.compile(source)
     except ValueError as exc:
@@ -315,8 +325,9 @@ def _decimal(value: Decimal) -> str:
 
 
 def _timestamp(value: datetime) -> datetime:
-    # The runtime would read a naive datetime in the machine's local zone.
-    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
+    # The runtime would read a naive datetime in the machine's local zone, and an aware one keeps
+    # its offset in getHours() and friends; the documented behaviour is UTC.
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
 def _map(value: Mapping[Any, Any]) -> dict[Any, Any]:
@@ -324,6 +335,12 @@ def _map(value: Mapping[Any, Any]) -> dict[Any, Any]:
 
 
 def _list(value: list[Any] | tuple[Any, ...]) -> list[Any]:
+    # The runtime's map() and filter() take time quadratic in the list's length; a bound keeps
+    # one record from holding the event loop that every flow shares.
+    if len(value) > MAX_LIST_LENGTH:
+        raise _UnsupportedValueError(
+            f"a list of {len(value)} elements (at most {MAX_LIST_LENGTH} reach an expression)"
+        )
     return [_to_cel(item) for item in value]
 
 
