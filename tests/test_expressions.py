@@ -357,3 +357,16 @@ def test_a_value_nested_too_deep_is_an_expression_error() -> None:
         node = node["a"]  # type: ignore[assignment]
     with pytest.raises(ExpressionError, match="nested this deep"):
         compile_expression("size(event.a) >= 0").evaluate(deep)
+
+
+@pytest.mark.parametrize(
+    "source",
+    ["has(event.lines[1].description)", "has(event.address.line2 // why\n)"],
+)
+def test_a_has_the_rewrite_cannot_read_is_refused(source: str) -> None:
+    with pytest.raises(ExpressionError, match=r"has\(\) takes a plain field path"):
+        compile_expression(source)
+
+
+def test_has_inside_a_string_is_left_alone() -> None:
+    assert compile_expression('"has(x[1])" != ""').evaluate({}) is True

@@ -240,6 +240,15 @@ def _compile(source: str) -> Expression:
     rewritten = _HAS.sub(
         lambda m: m[0] if m["skip"] else f"({m[0]} && {m['path']} != null)", source
     )
+    # A has() the rewrite cannot read (an index, a comment inside) would keep CEL's "present"
+    # meaning while its neighbours mean "set": refuse it rather than mean two things.
+    code = re.sub(_LITERAL_OR_COMMENT, "", _HAS.sub(lambda m: "" if m["path"] else m[0], source))
+    if re.search(r"\bhas\s*\(", code):
+        raise ExpressionError(
+            source,
+            "does not compile: has() takes a plain field path such as has(event.address.line2); "
+            "for a list element compare with null instead, e.g. event.lines[1].description != null",
+        )
     if rewritten != source:
         program = cel.compile(rewritten)
     return Expression(source, program, functions)
