@@ -370,3 +370,21 @@ def test_a_has_the_rewrite_cannot_read_is_refused(source: str) -> None:
 
 def test_has_inside_a_string_is_left_alone() -> None:
     assert compile_expression('"has(x[1])" != ""').evaluate({}) is True
+
+
+@pytest.mark.parametrize(
+    ("source", "event", "secret"),
+    [
+        ("duration(event.customerId)", {"customerId": "c-4711"}, "c-4711"),
+        ("event.q * 9223372036854775807", {"q": 3}, "9223372036854775807"),
+        ("event.note.matches(event.note + '(')", {"note": "p4ss("}, "p4ss("),
+    ],
+)
+def test_runtime_errors_do_not_quote_event_values(
+    source: str, event: dict[str, Any], secret: str
+) -> None:
+    with pytest.raises(ExpressionError) as raised:
+        compile_expression(source).evaluate(event)
+    problem = raised.value.problem
+    assert secret not in problem
+    assert problem.startswith("failed: ")

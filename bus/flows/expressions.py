@@ -172,7 +172,7 @@ class Expression:
                             return f"failed: {problem}"
             # A key computed from the event is event data: name it only if the text has it.
             return f"failed: no map key{f' {message!r}' if message in self.source else ''}"
-        cause = message.split(". ")[0].rstrip(".")
+        cause = _without_values(message.split(". ")[0].rstrip("."))
         if not isinstance(exc, TypeError | RuntimeError):
             return f"failed: {cause}"
         undeclared = re.match(r"Undefined variable or function: '(\w+)'", cause)
@@ -252,6 +252,28 @@ def _compile(source: str) -> Expression:
     if rewritten != source:
         program = cel.compile(rewritten)
     return Expression(source, program, functions)
+
+
+_OPERANDS = re.compile(r"\s+on\s+\S+\s+and\s+\S+$")
+_QUOTED = re.compile(r"'[^']*'|\"[^\"]*\"")
+
+
+def _without_values(cause: str) -> str:
+    """The runtime's message without the values it quotes: they are event data, and the message
+    ends up in dead-letter headers and logs."""
+    cause = cause.split("\n", 1)[0]  # a regex error draws the pattern on the next lines
+    cause = re.sub(r"Error \{ input: .*?\}", "Error", cause)
+    return _QUOTED.sub(_unless_a_name, _OPERANDS.sub("", cause))
+
+
+def _unless_a_name(quoted: re.Match[str]) -> str:
+    """A quoted function or operator name stays; any other quoted text is a value."""
+    text = quoted[0][1:-1]
+    known = text in _FUNCTIONS or text in _OPERATOR_NAMES or re.fullmatch(r"[A-Za-z_]\w*", text)
+    return quoted[0] if known and len(text) <= 40 else "'…'"
+
+
+_OPERATOR_NAMES = frozenset({"add", "sub", "mul", "div", "rem", "neg"})
 
 
 def _where(source: str, pattern: str) -> str:
