@@ -157,25 +157,26 @@ async def test_exactly_once_when_killed(
     source, sink = topic_name("in"), topic_name("out")
     await create_topics(source, sink, partitions=6)
     flow = passthrough(tmp_path, source, sink, guarantee="exactly-once")
-    # A stable instance id: the restarted process fences the killed one's open transaction.
+    # The partition's next owner fences the killed process's open transaction at once.
     inputs, parents = await stream_with_kills(
-        flow, bootstrap_servers, source=source, sink=sink, log=tmp_path / "bus.log",
-        count=2000, BUS_INSTANCE_ID="eos-test",
-    )  # fmt: skip
+        flow, bootstrap_servers, source=source, sink=sink, log=tmp_path / "bus.log", count=2000
+    )
     assert set(parents) == inputs
     assert max(parents.values()) == 1  # a read_committed reader sees each output once
 
 
 @pytest.mark.timeout(300)
+@pytest.mark.parametrize("guarantee", ["at-least-once", "exactly-once"])
 async def test_rebalance_between_two_processes(
     tmp_path: Path,
     bootstrap_servers: str,
     topic_name: Callable[[str], str],
     create_topics: Callable[..., Any],
+    guarantee: str,
 ) -> None:
     source, sink = topic_name("in"), topic_name("out")
     await create_topics(source, sink, partitions=6)
-    flow = passthrough(tmp_path, source, sink)
+    flow = passthrough(tmp_path, source, sink, guarantee)
     inputs = await publish_many(bootstrap_servers, source, 2000)
     first = BusProcess(flow, bootstrap_servers, tmp_path / "first.log")
     await first.wait_until_running()

@@ -3,12 +3,13 @@
 The loop takes a batch of at most `max_in_flight` records (the backpressure: nothing more is
 fetched until the batch is done), processes each partition's records in order and the partitions
 concurrently, and only when every output and dead letter of the batch is acknowledged commits
-the offsets after it — with the offsets inside a Kafka transaction under exactly-once.
+the offsets after it. Under exactly-once, each partition's part of the batch is one Kafka
+transaction of that partition's own transactional producer, its offsets inside it.
 """
 
 import asyncio
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -27,7 +28,7 @@ Guarantee = Literal["at-least-once", "exactly-once"]
 # owners would write its outputs.
 BATCH_DEADLINE_S = 40.0
 REBALANCE_TIMEOUT_MS = 60_000
-TRANSACTION_TIMEOUT_MS = 60_000  # also how long a crashed instance's open transaction blocks
+TRANSACTION_TIMEOUT_MS = 60_000
 
 
 class BatchTooSlowError(BusError):
@@ -50,17 +51,10 @@ class FlowPlan:
 
 
 class FlowRunner:
-    def __init__(
-        self,
-        plan: FlowPlan,
-        processor: FlowProcessor,
-        bootstrap_servers: str,
-        instance_id: str,
-    ) -> None:
+    def __init__(self, plan: FlowPlan, processor: FlowProcessor, bootstrap_servers: str) -> None:
         self.plan = plan
         self.processor = processor
         self.bootstrap_servers = bootstrap_servers
-        self.instance_id = instance_id
         self._idle = asyncio.Event()
         self._idle.set()
         self.processed = 0
@@ -77,9 +71,18 @@ class FlowRunner:
             isolation_level="read_committed",
             rebalance_timeout_ms=REBALANCE_TIMEOUT_MS,
         )
-        consumer.subscribe(list(self.plan.sources), listener=_FinishBeforeRevoke(self._idle))
-        producer = self._producer()
-        await producer.start()
+        exactly_once = self.plan.guarantee == "exactly-once"
+        transactional = _PartitionProducers(self.bootstrap_servers, self.plan.name)
+        listener = _FinishBeforeRevoke(self._idle, transactional if exactly_once else None)
+        consumer.subscribe(list(self.plan.sources), listener=listener)
+        producer = AIOKafkaProducer(
+            bootstrap_servers=self.bootstrap_servers,
+            acks="all",
+            enable_idempotence=True,
+            linger_ms=5,  # outputs of a batch travel together instead of one request each
+        )
+        if not exactly_once:
+            await producer.start()
         try:
             await consumer.start()
             try:
@@ -89,7 +92,11 @@ class FlowRunner:
                         self._idle.clear()
                         try:
                             async with asyncio.timeout(BATCH_DEADLINE_S):
-                                await self._process_batch(consumer, producer, batch)
+                                if exactly_once:
+                                    await self._transactions(transactional, batch)
+                                else:
+                                    await self._produce(producer, batch)
+                                    await consumer.commit(_next_offsets(batch))
                         except TimeoutError as slow:
                             records = sum(len(records) for records in batch.values())
                             raise BatchTooSlowError(
@@ -102,36 +109,23 @@ class FlowRunner:
                 await consumer.stop()
         finally:
             await producer.stop()
+            await transactional.close()
 
-    def _producer(self) -> AIOKafkaProducer:
-        if self.plan.guarantee == "exactly-once":
-            return AIOKafkaProducer(
-                bootstrap_servers=self.bootstrap_servers,
-                transactional_id=f"bus.{self.plan.name}.{self.instance_id}",
-                transaction_timeout_ms=TRANSACTION_TIMEOUT_MS,
-                linger_ms=5,
-            )
-        return AIOKafkaProducer(
-            bootstrap_servers=self.bootstrap_servers,
-            acks="all",
-            enable_idempotence=True,
-            linger_ms=5,  # outputs of a batch travel together instead of one request each
-        )
-
-    async def _process_batch(
-        self,
-        consumer: AIOKafkaConsumer,
-        producer: AIOKafkaProducer,
-        batch: dict[TopicPartition, list[Any]],
+    async def _transactions(
+        self, producers: "_PartitionProducers", batch: dict[TopicPartition, list[Any]]
     ) -> None:
-        offsets = {partition: records[-1].offset + 1 for partition, records in batch.items()}
-        if self.plan.guarantee == "exactly-once":
+        """Each partition's records, their outputs and offsets: one transaction of its producer."""
+
+        async def in_transaction(partition: TopicPartition, records: list[Any]) -> None:
+            producer = producers[partition]
             async with producer.transaction():
-                await self._produce(producer, batch)
+                await self._produce(producer, {partition: records})
+                offsets = {partition: records[-1].offset + 1}
                 await producer.send_offsets_to_transaction(offsets, self.plan.group_id)
-        else:
-            await self._produce(producer, batch)
-            await consumer.commit(offsets)
+
+        async with asyncio.TaskGroup() as partitions:
+            for partition, records in batch.items():
+                partitions.create_task(in_transaction(partition, records))
 
     async def _produce(
         self, producer: AIOKafkaProducer, batch: dict[TopicPartition, list[Any]]
@@ -182,15 +176,59 @@ class FlowRunner:
         ]
 
 
+def _next_offsets(batch: dict[TopicPartition, list[Any]]) -> dict[TopicPartition, int]:
+    return {partition: records[-1].offset + 1 for partition, records in batch.items()}
+
+
+class _PartitionProducers:
+    """Exactly-once: one transactional producer per input partition, its transactional id named
+    after the partition. The partition's next owner starts a producer with the same id, which
+    fences the previous owner's and aborts its open transaction at once. (aiokafka commits
+    offsets in a transaction without the group's generation, KIP-447, so the id must fence.)"""
+
+    def __init__(self, bootstrap_servers: str, flow: str) -> None:
+        self._bootstrap_servers = bootstrap_servers
+        self._flow = flow
+        self._producers: dict[TopicPartition, AIOKafkaProducer] = {}
+
+    def __getitem__(self, partition: TopicPartition) -> AIOKafkaProducer:
+        return self._producers[partition]
+
+    async def assign(self, partitions: Iterable[TopicPartition]) -> None:
+        for partition in partitions:
+            if partition not in self._producers:
+                producer = AIOKafkaProducer(
+                    bootstrap_servers=self._bootstrap_servers,
+                    transactional_id=f"bus.{self._flow}.{partition.topic}.{partition.partition}",
+                    transaction_timeout_ms=TRANSACTION_TIMEOUT_MS,
+                    linger_ms=5,
+                )
+                await producer.start()
+                self._producers[partition] = producer
+
+    async def revoke(self, partitions: Iterable[TopicPartition]) -> None:
+        for partition in partitions:
+            producer = self._producers.pop(partition, None)
+            if producer is not None:
+                await producer.stop()
+
+    async def close(self) -> None:
+        await self.revoke(list(self._producers))
+
+
 class _FinishBeforeRevoke(ConsumerRebalanceListener):  # type: ignore[misc]
     """A rebalance waits for the batch in hand to be acknowledged and committed, so the new
     owner of a partition starts right after the last record whose work is done."""
 
-    def __init__(self, idle: asyncio.Event) -> None:
+    def __init__(self, idle: asyncio.Event, producers: _PartitionProducers | None) -> None:
         self._idle = idle
+        self._producers = producers
 
     async def on_partitions_revoked(self, revoked: Any) -> None:
         await self._idle.wait()
+        if self._producers is not None:
+            await self._producers.revoke(revoked)
 
     async def on_partitions_assigned(self, assigned: Any) -> None:
-        return None
+        if self._producers is not None:
+            await self._producers.assign(assigned)

@@ -3,8 +3,6 @@
 import asyncio
 import contextlib
 import logging
-import os
-import socket
 import time
 from collections.abc import Sequence
 
@@ -21,12 +19,6 @@ log = logging.getLogger(__name__)
 RESTART_BACKOFF = (1.0, 30.0)  # first and longest wait before a failed flow starts again
 HEALTHY_RUN = 60.0  # seconds of running after which a failure starts the backoff afresh
 TEARDOWN_S = 10.0  # after the grace period: how long leaving groups and closing may take
-
-
-def instance_id() -> str:
-    """Names this process's transactional producers; set BUS_INSTANCE_ID to a stable name (a
-    pod name) so that a restarted instance fences its predecessor at once."""
-    return os.environ.get("BUS_INSTANCE_ID") or f"{socket.gethostname()}-{os.getpid()}"
 
 
 def select(flows: FlowSet, only: Sequence[str]) -> list[str]:
@@ -89,7 +81,7 @@ async def _supervise(flow: BuiltFlow, bootstrap_servers: str, stop: asyncio.Even
     wait = RESTART_BACKOFF[0]
     batch_size = flow.plan.max_in_flight
     while not stop.is_set():
-        runner = FlowRunner(flow.plan, flow.processor, bootstrap_servers, instance_id())
+        runner = FlowRunner(flow.plan, flow.processor, bootstrap_servers)
         runner.batch_size = batch_size
         started = time.monotonic()
         try:
