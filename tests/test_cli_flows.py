@@ -52,3 +52,19 @@ def test_schema_json_describes_the_file() -> None:
     assert printed.returncode == 0, printed.stderr
     schema = json.loads(printed.stdout)
     assert {"inbound", "mediation", "outbound"} <= set(schema["properties"])
+
+
+def test_validate_refuses_a_split_that_is_not_a_field_path(tmp_path: Path) -> None:
+    flow = tmp_path / "split.yaml"
+    flow.write_text(
+        "mediation:\n"
+        "  - name: lines\n"
+        "    from: orders.v1\n"
+        "    to: lines.v1\n"
+        "    steps:\n"
+        "      - split: event.lines.filter(l, l.quantity > 0)\n"
+    )
+    validated = bus("validate", str(flow))
+    assert validated.returncode == 1
+    assert f"{flow}:6:9: mediation[0].steps[0].split: " in validated.stderr
+    assert "must name an array field, e.g. event.lines" in validated.stderr

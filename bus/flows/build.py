@@ -1,7 +1,6 @@
 """From a flow file's mediation block to the runtime's steps, processor and plan."""
 
 import inspect
-import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -25,8 +24,7 @@ from bus.flows.steps import (
     Transform,
     import_function,
 )
-
-_FIELD_PATH = re.compile(r"event((?:\.[A-Za-z_][A-Za-z0-9_]*)+)")
+from bus.flows.steps.split import SPLIT_NEEDS_A_PATH, split_path
 
 
 @dataclass(frozen=True)
@@ -101,13 +99,9 @@ def _transform(step: model.TransformStep, at: _Context) -> Step:
 
 
 def _split(step: model.SplitStep, at: _Context) -> Step:
-    path = _FIELD_PATH.fullmatch(step.split.strip())
-    if path is None:
-        raise ConfigError(
-            f"{at.where}.split: {step.split!r} must name an array field, e.g. event.lines, "
-            "so that the elements' schema is known"
-        )
-    fields = path.group(1).lstrip(".").split(".")
+    fields = split_path(step.split)
+    if fields is None:
+        raise ConfigError(f"{at.where}.split: {SPLIT_NEEDS_A_PATH.format(step.split)}")
     return Split(f"{at.where}.split", compile_expression(step.split), fields, at.catalog)
 
 

@@ -33,6 +33,7 @@ from bus.flows.model import (
     TransformStep,
     WhenRoute,
 )
+from bus.flows.steps.split import SPLIT_NEEDS_A_PATH, split_path
 
 SubPath = tuple[str | int, ...]
 
@@ -135,6 +136,8 @@ class _Checker:
             self.expression(origin, (*at, "set_key"), step.set_key)
         elif isinstance(step, SplitStep):
             self.expression(origin, (*at, "split"), step.split)
+            if split_path(step.split) is None:
+                self.report(origin, (*at, "split"), SPLIT_NEEDS_A_PATH.format(step.split))
         elif isinstance(step, TransformStep):
             self.transform(origin, (*at, "transform"), step)
         elif isinstance(step, EnrichStep):

@@ -1,5 +1,6 @@
 """`split`: one event per element of an array of records in the event."""
 
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
@@ -7,6 +8,18 @@ from typing import Any
 from bus.events.catalog import SchemaCatalog
 from bus.flows.expressions import Expression
 from bus.flows.steps.base import Item, StepError, attributes_of
+
+SPLIT_NEEDS_A_PATH = (
+    "{!r} must name an array field, e.g. event.lines, so that the elements' schema is known"
+)
+_FIELD_PATH = re.compile(r"\s*event((?:\.[A-Za-z_][A-Za-z0-9_]*)+)\s*")
+
+
+def split_path(source: str) -> list[str] | None:
+    """The field path a split expression names (`event.order.lines` -> order, lines), or None
+    when it is not a plain field path: the elements' schema is read from the path."""
+    found = _FIELD_PATH.fullmatch(source)
+    return found.group(1).lstrip(".").split(".") if found else None
 
 
 @dataclass(frozen=True)
