@@ -17,7 +17,9 @@ from bus import __version__
 from bus.config import BusSettings, load_settings
 from bus.errors import BusError, ConfigError
 from bus.events.catalog import SchemaCatalog
+from bus.events.codec import EventCodec
 from bus.events.compatibility import Policy, check_catalogs, load_baseline
+from bus.flows.build import build_flow
 from bus.flows.dlq import StoredLetter, mark_replayed, read_letters, replay
 from bus.flows.loading import FlowFileError, load_flow_files
 from bus.flows.model import FlowSet
@@ -97,8 +99,12 @@ async def _run_flows(
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, on_signal)
-    bootstrap = await _reachable_kafka(settings)
     names = select(flows, only)
+    # Build once before connecting: a flow that cannot start should say so before anything else.
+    for flow in flows.mediation:
+        if flow.name in names:
+            build_flow(flow, catalog, EventCodec(catalog))
+    bootstrap = await _reachable_kafka(settings)
     click.echo(f"running {', '.join(names)} on Kafka {bootstrap}; Ctrl-C stops", err=True)
     abandoned = await run_flows(
         flows,

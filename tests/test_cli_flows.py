@@ -1,6 +1,7 @@
 """`bus validate` and `bus schema-json` as a user runs them."""
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -68,3 +69,29 @@ def test_validate_refuses_a_split_that_is_not_a_field_path(tmp_path: Path) -> No
     assert validated.returncode == 1
     assert f"{flow}:6:9: mediation[0].steps[0].split: " in validated.stderr
     assert "must name an array field, e.g. event.lines" in validated.stderr
+
+
+def test_run_refuses_a_flow_that_cannot_start_before_connecting(tmp_path: Path) -> None:
+    flow = tmp_path / "lookup.yaml"
+    flow.write_text(
+        "mediation:\n"
+        "  - name: enriched\n"
+        "    from: in.v1\n"
+        "    to: out.v1\n"
+        "    steps:\n"
+        "      - enrich:\n"
+        "          lookup: crm-accounts\n"
+        "          into: account\n"
+    )
+    ran = subprocess.run(
+        [sys.executable, "-m", "bus", "run", str(flow)],
+        cwd=ROOT,
+        env={**os.environ, "KAFKA_BOOTSTRAP_SERVERS": "127.0.0.1:1"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert ran.returncode == 1
+    assert f"{flow}:5:5: mediation flow 'enriched': steps[0].enrich: no lookup named" in ran.stderr
+    assert "does not answer" not in ran.stderr
