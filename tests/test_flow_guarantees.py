@@ -26,6 +26,8 @@ class BusProcess:
 
     def __init__(self, flow: Path, bootstrap_servers: str, log: Path, **env: str) -> None:
         self.log = log
+        # Several processes share the log: look only at what this one writes.
+        self.log_start = log.stat().st_size if log.exists() else 0
         self.process = subprocess.Popen(
             [sys.executable, "-m", "bus", "run", str(flow), "--shutdown-grace", "20"],
             env={
@@ -40,9 +42,14 @@ class BusProcess:
 
     async def wait_until_running(self, within: float = 60.0) -> None:
         async with asyncio.timeout(within):
-            while "Setting newly assigned partitions" not in self.log.read_text(errors="replace"):
+            while "Setting newly assigned partitions" not in self._own_log():
                 assert self.process.poll() is None, self.log.read_text()
                 await asyncio.sleep(0.2)
+
+    def _own_log(self) -> str:
+        with self.log.open("rb") as log:
+            log.seek(self.log_start)
+            return log.read().decode(errors="replace")
 
     def kill(self) -> None:
         self.process.kill()

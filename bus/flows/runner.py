@@ -117,7 +117,7 @@ class FlowRunner:
         """Each partition's records, their outputs and offsets: one transaction of its producer."""
 
         async def in_transaction(partition: TopicPartition, records: list[Any]) -> None:
-            producer = producers[partition]
+            producer = await producers.producer_for(partition)
             async with producer.transaction():
                 await self._produce(producer, {partition: records})
                 offsets = {partition: records[-1].offset + 1}
@@ -190,13 +190,14 @@ class _PartitionProducers:
         self._bootstrap_servers = bootstrap_servers
         self._flow = flow
         self._producers: dict[TopicPartition, AIOKafkaProducer] = {}
+        self._creating = asyncio.Lock()
 
-    def __getitem__(self, partition: TopicPartition) -> AIOKafkaProducer:
-        return self._producers[partition]
-
-    async def assign(self, partitions: Iterable[TopicPartition]) -> None:
-        for partition in partitions:
-            if partition not in self._producers:
+    async def producer_for(self, partition: TopicPartition) -> AIOKafkaProducer:
+        """The partition's producer, started now if need be: records of a newly assigned
+        partition can arrive while the assignment callback is still starting producers."""
+        async with self._creating:
+            producer = self._producers.get(partition)
+            if producer is None:
                 producer = AIOKafkaProducer(
                     bootstrap_servers=self._bootstrap_servers,
                     transactional_id=f"bus.{self._flow}.{partition.topic}.{partition.partition}",
@@ -205,6 +206,11 @@ class _PartitionProducers:
                 )
                 await producer.start()
                 self._producers[partition] = producer
+            return producer
+
+    async def assign(self, partitions: Iterable[TopicPartition]) -> None:
+        for partition in partitions:
+            await self.producer_for(partition)
 
     async def revoke(self, partitions: Iterable[TopicPartition]) -> None:
         for partition in partitions:
