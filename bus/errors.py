@@ -88,3 +88,44 @@ class AuthenticationError(BusError):
 
 class PublishError(BusError):
     """Kafka did not acknowledge an event (with acks=all), so it must be treated as not stored."""
+
+
+class AuthorizationError(BusError):
+    """A caller proved who it is but may not do this (a JWT without the required scope or claim);
+    the inbound adapters answer 403 Forbidden. `reason` is safe to send back, as for 401."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class DeliveryError(BusError):
+    """An outbound call failed. `status` and `excerpt` are the response's status code and the
+    start of its body, where there was a response; they go into the dead letter's reason."""
+
+    def __init__(self, reason: str, *, status: int | None = None, excerpt: str = "") -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.status = status
+        self.excerpt = excerpt
+
+
+class TransientDeliveryError(DeliveryError):
+    """Worth trying again (a timeout, a refused connection, 5xx, 429, a SOAP Server fault);
+    `retry_after` is the wait in seconds the other side asked for, if it asked."""
+
+    def __init__(
+        self,
+        reason: str,
+        *,
+        status: int | None = None,
+        excerpt: str = "",
+        retry_after: float | None = None,
+    ) -> None:
+        super().__init__(reason, status=status, excerpt=excerpt)
+        self.retry_after = retry_after
+
+
+class PermanentDeliveryError(DeliveryError):
+    """Trying again cannot help (a 4xx other than 408/429, a SOAP Client fault, a request the
+    mapping cannot build): the event goes to the dead-letter topic at once."""

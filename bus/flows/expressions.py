@@ -1,7 +1,8 @@
 """The flow expression language: CEL (the Common Expression Language), compiled once per flow.
 
-Expressions see two variables: `event`, the event's data, and `attributes`, its CloudEvents
-attributes. CEL cannot loop without bound, call into Python objects or read their attributes:
+Mediation expressions see two variables: `event`, the event's data, and `attributes`, its
+CloudEvents attributes; adapters compile theirs with other names (an inbound call's `body`,
+`headers`, ...; a response's `response`). CEL cannot loop without bound, call into Python objects or read their attributes:
 values are copied into the CEL runtime (the Rust `cel` crate, through the
 `common-expression-language` package), so an expression only ever sees plain data.
 docs/expressions.md is the user's guide and says why this library.
@@ -21,6 +22,7 @@ from cel import stdlib
 from bus.errors import BusError
 
 VARIABLES = ("event", "attributes")
+"""The names a mediation expression sees; `compile_expression(..., variables=)` sets others."""
 MAX_SOURCE_LENGTH = 4096  # deeply nested or endless expressions crash the runtime's parser
 MAX_LIST_LENGTH = 10_000
 
@@ -101,19 +103,34 @@ class ExpressionError(BusError):
 class Expression:
     """A compiled expression; get one from `compile_expression`."""
 
-    __slots__ = ("_chains", "_direct", "_functions", "_paths", "_program", "source")
+    __slots__ = (
+        "_chains",
+        "_direct",
+        "_functions",
+        "_paths",
+        "_program",
+        "source",
+        "variables",
+    )
 
-    def __init__(self, source: str, program: cel.Program, functions: set[str]) -> None:
+    def __init__(
+        self,
+        source: str,
+        program: cel.Program,
+        functions: set[str],
+        variables: tuple[str, ...] = VARIABLES,
+    ) -> None:
         self.source = source
+        self.variables = variables
         self._program = program
         self._functions = {name: _EXTENSIONS[name] for name in functions & _EXTENSIONS.keys()}
-        self._chains = {var: _chains(source, var) for var in VARIABLES}
+        self._chains = {var: _chains(source, var) for var in variables}
         self._paths = {var: _trie(chains) for var, chains in self._chains.items() if chains}
         # A bare field path is read in Python: exact for every value (a Decimal stays one), and
         # the commonest mapping costs no conversion at all.
         direct = _PATH.fullmatch(source)
         path = re.split(r"\s*\.\s*", direct.group(1)) if direct else []
-        self._direct = path if path and path[0] in VARIABLES else None
+        self._direct = path if path and path[0] in variables else None
 
     def __repr__(self) -> str:
         return f"Expression({self.source!r})"
@@ -123,7 +140,12 @@ class Expression:
     ) -> Any:
         """The expression's value for one event, as plain Python values (see docs/expressions.md
         for how decimals, timestamps and null come back)."""
-        values = {"event": event, "attributes": attributes or {}}
+        return self.evaluate_in({"event": event, "attributes": attributes or {}})
+
+    def evaluate_in(self, values: Mapping[str, Any]) -> Any:
+        """The expression's value over named variables (those it was compiled with); a missing
+        variable reads as an empty mapping."""
+        values = {var: values.get(var, {}) for var in self.variables}
         if self._direct is not None:
             return self._read_path(values, self._direct)
         variables: dict[str, Any] = dict(self._functions)
@@ -193,18 +215,18 @@ class Expression:
         return f"failed: {cause}" + (f" ({types}{hint})" if used else "")
 
 
-def compile_expression(source: str) -> Expression:
-    """Parse and check `source` once; the same text gives the same `Expression` object."""
-    compiled = _compiled.get(source)
+def compile_expression(source: str, variables: tuple[str, ...] = VARIABLES) -> Expression:
+    """Parse and check `source` once; the same text and variables give the same object."""
+    compiled = _compiled.get((source, variables))
     if compiled is None:
-        compiled = _compiled[source] = _compile(source)
+        compiled = _compiled[source, variables] = _compile(source, variables)
     return compiled
 
 
-_compiled: dict[str, Expression] = {}
+_compiled: dict[tuple[str, tuple[str, ...]], Expression] = {}
 
 
-def _compile(source: str) -> Expression:
+def _compile(source: str, variables: tuple[str, ...]) -> Expression:
     if len(source) > MAX_SOURCE_LENGTH:
         raise ExpressionError(
             source[:60] + "...",
@@ -220,12 +242,13 @@ def _compile(source: str) -> Expression:
     # The runtime declares nothing, so without these checks a misspelt name would only fail on
     # the first event that reaches it.
     bound = set(_BOUND.findall(source))
-    for name in sorted(set(program.variables()) - set(VARIABLES) - bound - _TYPE_NAMES):
+    for name in sorted(set(program.variables()) - set(variables) - bound - _TYPE_NAMES):
         where = _where(source, rf"\b{name}\b")
+        seen = " and ".join(f"`{var}`" for var in variables)
         raise ExpressionError(
             source,
-            f"does not compile: unknown name {name!r}{where}; expressions see `event` and "
-            f"`attributes`{_suggest(name, VARIABLES)}",
+            f"does not compile: unknown name {name!r}{where}; expressions here see "
+            f"{seen}{_suggest(name, variables)}",
         )
     functions = set(program.functions())
     for name in sorted(functions - _OPERATORS - _FUNCTIONS):
@@ -251,7 +274,7 @@ def _compile(source: str) -> Expression:
         )
     if rewritten != source:
         program = cel.compile(rewritten)
-    return Expression(source, program, functions)
+    return Expression(source, program, functions, variables)
 
 
 _OPERANDS = re.compile(r"\s+on\s+\S+\s+and\s+\S+$")

@@ -838,6 +838,11 @@ class Outbound(AdapterBlock):
     )
     rate_limit: RateLimitSpec | None = Field(default=None, description="At most N calls per time.")
     timeout: Duration = duration_field("30s", "Limit of one call.")
+    max_in_flight: int = Field(
+        default=10,
+        ge=1,
+        description="Calls under way at once (events of one key are always called one by one).",
+    )
     dlq: TopicName = Field(
         default_factory=_default_dlq,
         description="Dead letter topic for events that cannot be delivered; default <name>.dlq.",
