@@ -56,7 +56,12 @@ FlowFiles = click.Path(exists=True, dir_okay=False, path_type=Path)
 
 @main.command()
 @click.argument("files", nargs=-1, required=True, type=FlowFiles)
-@click.option("--only", multiple=True, metavar="NAME", help="Run only this mediation flow.")
+@click.option(
+    "--only",
+    multiple=True,
+    metavar="NAME",
+    help="Run only this inbound, mediation or outbound item (repeatable).",
+)
 @click.option(
     "--shutdown-grace",
     default=30.0,
@@ -64,7 +69,8 @@ FlowFiles = click.Path(exists=True, dir_okay=False, path_type=Path)
     help="Seconds to finish in-flight work after SIGINT/SIGTERM.",
 )
 def run(files: tuple[Path, ...], only: tuple[str, ...], shutdown_grace: float) -> None:
-    """Run the mediation flows of FILES against Kafka until SIGINT or SIGTERM.
+    """Run the inbound endpoints, mediation flows and outbound deliveries of FILES until
+    SIGINT or SIGTERM.
 
     Kafka is the flow files' `kafka.bootstrap_servers`, else KAFKA_BOOTSTRAP_SERVERS, else the
     local broker (started if needed).

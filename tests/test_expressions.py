@@ -196,8 +196,8 @@ def test_string_functions(source: str, expected: object) -> None:
         ),
         (
             'evnt.email == ""',
-            "unknown name 'evnt' at line 1, column 1; expressions here see `event` and `attributes` "
-            "(did you mean 'event'?)",
+            "unknown name 'evnt' at line 1, column 1; expressions here see `event` and "
+            "`attributes` (did you mean 'event'?)",
         ),
         ("event.a &&\n  eventt.b", "unknown name 'eventt' at line 2, column 3"),
     ],

@@ -81,7 +81,7 @@ def test_valid_files_load_with_every_value() -> None:
         "rest",
         "crm.customer-changed.v1",
     )
-    assert webhook.config["auth"]["hmac"]["secret"] == "s3cret"
+    assert webhook.config["auth"]["hmac"]["secrets"] == ["s3cret"]
     assert webhook.event.type == "com.acme.crm.CustomerChanged"
     assert webhook.event.map == {"customerId": "body.id", "email": "body.email"}
 
@@ -124,8 +124,8 @@ def test_valid_files_load_with_every_value() -> None:
 
     erp, gateway = flows.outbound
     assert (erp.adapter, erp.config) == (
-        "soap",
-        {"wsdl": "wsdl/erp.wsdl", "operation": "UpsertCustomer"},
+        "rest",
+        {"method": "PUT", "url": "https://erp.example/customers/{event.customerId}"},
     )
     assert erp.retry.attempts == 8
     assert erp.retry.backoff.initial == timedelta(milliseconds=200)
@@ -151,7 +151,10 @@ def test_valid_files_pass_validation(catalog: SchemaCatalog) -> None:
 def test_a_dumped_file_loads_back_the_same() -> None:
     (file,) = load_flow_files([FLOWS / "crm.yaml"], ENVIRON).files
     dumped = file.model_dump(mode="json", by_alias=True)
-    assert dumped["outbound"][0]["soap"] == {"wsdl": "wsdl/erp.wsdl", "operation": "UpsertCustomer"}
+    assert dumped["outbound"][0]["rest"] == {
+        "method": "PUT",
+        "url": "https://erp.example/customers/{event.customerId}",
+    }
     assert dumped["outbound"][0]["retry"]["backoff"] == {
         "initial": "200ms",
         "max": "30s",
@@ -181,7 +184,14 @@ def test_two_files_merge(tmp_path: Path) -> None:
 
 def test_json_schema_describes_the_file() -> None:
     schema = flow_file_json_schema()
-    assert set(schema["properties"]) == {"kafka", "topics", "inbound", "mediation", "outbound"}
+    assert set(schema["properties"]) == {
+        "kafka",
+        "topics",
+        "http",
+        "inbound",
+        "mediation",
+        "outbound",
+    }
     mediation = schema["$defs"]["Mediation"]
     assert "from" in mediation["properties"]
     assert mediation["additionalProperties"] is False

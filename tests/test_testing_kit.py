@@ -506,7 +506,7 @@ mediation:
 
 
 def test_only_and_dead_letters_name_known_flows(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match="--only names no mediation flow: nope"):
+    with pytest.raises(ConfigError, match="--only names nothing in the flow files: nope"):
         kit_for(tmp_path, PASSTHROUGH, only=["nope"])
     kit = kit_for(tmp_path, PASSTHROUGH)
     assert kit.flows == ("passthrough",)

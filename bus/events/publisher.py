@@ -5,7 +5,6 @@ from datetime import datetime
 from types import TracebackType
 from typing import Any, Self
 
-from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 from pydantic import BaseModel
 
@@ -14,6 +13,7 @@ from bus.events.catalog import SchemaCatalog
 from bus.events.codec import EventCodec, SchemaIds
 from bus.events.event import Event
 from bus.events.validation import new_event
+from bus.kafka_clients import durable_producer
 
 
 class Publisher:
@@ -39,9 +39,7 @@ class Publisher:
     ) -> None:
         self.source = source
         self.codec = EventCodec(catalog, registry)
-        # The guarantee rests on these two; callers may tune anything else.
-        options = {**producer_options, "acks": "all", "enable_idempotence": True}
-        self._producer = AIOKafkaProducer(bootstrap_servers=bootstrap_servers, **options)
+        self._producer = durable_producer(bootstrap_servers, **producer_options)
 
     async def start(self) -> None:
         try:

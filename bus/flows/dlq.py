@@ -3,7 +3,7 @@
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaError
 
@@ -14,6 +14,7 @@ from bus.flows.dead_letters import (
     DeadLetter,
     original_headers,
 )
+from bus.kafka_clients import durable_producer
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,9 +124,7 @@ async def mark_replayed(bootstrap_servers: str, letters: Sequence[StoredLetter])
 
 async def replay(bootstrap_servers: str, letters: Sequence[StoredLetter]) -> list[str]:
     """Send each letter back to the topic it was consumed from, as it was, and say where."""
-    producer = AIOKafkaProducer(
-        bootstrap_servers=bootstrap_servers, acks="all", enable_idempotence=True
-    )
+    producer = durable_producer(bootstrap_servers)
     await producer.start()
     sent = []
     try:
@@ -134,6 +133,13 @@ async def replay(bootstrap_servers: str, letters: Sequence[StoredLetter]) -> lis
                 raise BusError(
                     f"{letter.where} carries no bus_dlq_* headers, so its origin is unknown; "
                     "it was not dead-lettered by bus"
+                )
+            if letter.reason.partition < 0:
+                # A polled item never was a record: its origin is a URL, not a topic.
+                raise BusError(
+                    f"{letter.where} was not consumed from a topic (it came from "
+                    f"{letter.reason.topic}), so it cannot be sent back; fix the cause and let "
+                    "the source deliver it again"
                 )
             headers = [
                 (name, value)

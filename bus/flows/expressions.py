@@ -2,9 +2,9 @@
 
 Mediation expressions see two variables: `event`, the event's data, and `attributes`, its
 CloudEvents attributes; adapters compile theirs with other names (an inbound call's `body`,
-`headers`, ...; a response's `response`). CEL cannot loop without bound, call into Python objects or read their attributes:
-values are copied into the CEL runtime (the Rust `cel` crate, through the
-`common-expression-language` package), so an expression only ever sees plain data.
+`headers`, ...; a response's `response`). CEL cannot loop without bound, call into Python
+objects or read their attributes: values are copied into the CEL runtime (the Rust `cel` crate,
+through the `common-expression-language` package), so an expression only ever sees plain data.
 docs/expressions.md is the user's guide and says why this library.
 """
 
@@ -69,19 +69,19 @@ _EXTENSIONS: dict[str, Callable[..., Any]] = {
 }
 _FUNCTIONS = _BUILTINS | _EXTENSIONS.keys()
 
-_NAME = r"[A-Za-z_][A-Za-z0-9_]*\b"
+NAME_PATTERN = r"[A-Za-z_][A-Za-z0-9_]*\b"
 # A field selection: `.name` not followed by `(`, which would make it a method call.
-_SELECT = re.compile(rf"\s*\.\s*({_NAME})(?!\s*\()")
-_BOUND = re.compile(rf"\.\s*(?:all|exists|exists_one|map|filter)\s*\(\s*({_NAME})\s*,")
-_PATH = re.compile(rf"\s*({_NAME}(?:\s*\.\s*{_NAME})*)\s*")
-_LITERAL_OR_COMMENT = (
+_SELECT = re.compile(rf"\s*\.\s*({NAME_PATTERN})(?!\s*\()")
+_BOUND = re.compile(rf"\.\s*(?:all|exists|exists_one|map|filter)\s*\(\s*({NAME_PATTERN})\s*,")
+_PATH = re.compile(rf"\s*({NAME_PATTERN}(?:\s*\.\s*{NAME_PATTERN})*)\s*")
+LITERAL_OR_COMMENT = (
     r"//[^\n]*"
     r"|(?:[bB]?[rR]|[rR][bB])(?:'''[\s\S]*?'''|\"\"\"[\s\S]*?\"\"\"|'[^'\n]*'|\"[^\"\n]*\")"
     r"|[bB]?(?:'''(?:\\[\s\S]|[\s\S])*?'''|\"\"\"(?:\\[\s\S]|[\s\S])*?\"\"\""
     r"|'(?:\\.|[^'\\\n])*'|\"(?:\\.|[^\"\\\n])*\")"
 )
 _HAS = re.compile(
-    rf"(?P<skip>{_LITERAL_OR_COMMENT})|\bhas\s*\(\s*(?P<path>{_NAME}(?:\s*\.\s*{_NAME})+)\s*\)"
+    rf"(?P<skip>{LITERAL_OR_COMMENT})|\bhas\s*\(\s*(?P<path>{NAME_PATTERN}(?:\s*\.\s*{NAME_PATTERN})+)\s*\)"
 )
 _PARSE_ERROR = re.compile(r"ERROR: <input>:(\d+):(\d+): ")
 
@@ -134,6 +134,11 @@ class Expression:
 
     def __repr__(self) -> str:
         return f"Expression({self.source!r})"
+
+    @property
+    def is_path(self) -> bool:
+        """Whether the expression is a bare field path, like `body.customer.email`."""
+        return self._direct is not None
 
     def evaluate(
         self, event: Mapping[str, Any], attributes: Mapping[str, Any] | None = None
@@ -265,7 +270,7 @@ def _compile(source: str, variables: tuple[str, ...]) -> Expression:
     )
     # A has() the rewrite cannot read (an index, a comment inside) would keep CEL's "present"
     # meaning while its neighbours mean "set": refuse it rather than mean two things.
-    code = re.sub(_LITERAL_OR_COMMENT, "", _HAS.sub(lambda m: "" if m["path"] else m[0], source))
+    code = re.sub(LITERAL_OR_COMMENT, "", _HAS.sub(lambda m: "" if m["path"] else m[0], source))
     if re.search(r"\bhas\s*\(", code):
         raise ExpressionError(
             source,

@@ -266,6 +266,16 @@ def _validation_problems(invalid: ValidationError, data: Any, source: SourceMap)
     return sorted(located, key=lambda problem: (located[problem].line, located[problem].column))
 
 
+def settings_problems(invalid: ValidationError, data: Any) -> list[tuple[KeyPath, str]]:
+    """An adapter's settings errors as (key path below its settings, message), phrased as the
+    loader phrases the file's own."""
+    return [
+        (yaml_path(error["loc"], data), _message(error))
+        for error in invalid.errors(include_url=False)
+        if error["type"] != "default_factory_not_called"
+    ]
+
+
 def yaml_path(loc: tuple[int | str, ...], data: Any) -> KeyPath:
     """A pydantic error location as a key path in the file: union tags dropped.
 

@@ -21,6 +21,7 @@ from typing import Annotated, Any, ClassVar, Literal, Self
 from pydantic import (
     BaseModel,
     BeforeValidator,
+    ByteSize,
     ConfigDict,
     Discriminator,
     Field,
@@ -31,6 +32,7 @@ from pydantic import (
     PrivateAttr,
     SerializerFunctionWrapHandler,
     Tag,
+    TypeAdapter,
     ValidationError,
     ValidationInfo,
     WithJsonSchema,
@@ -854,6 +856,64 @@ class Outbound(AdapterBlock):
         return self._origin or Origin(UNKNOWN_SOURCE, ())
 
 
+# -- the inbound HTTP server ------------------------------------------------------------------
+
+DEFAULT_MAX_BODY = 512 * 1024
+_BYTE_SIZE = TypeAdapter(ByteSize)
+
+
+def parse_byte_size(value: object) -> int:
+    """`512KiB`, `1MiB`, `64KB` or a whole number of bytes -> bytes."""
+    if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+        return value
+    try:
+        size = int(_BYTE_SIZE.validate_python(value))
+    except ValidationError:
+        size = 0
+    if size <= 0:
+        raise _invalid("a size in bytes greater than zero, e.g. 512KiB, 1MiB or 65536", value)
+    return size
+
+
+ByteCount = Annotated[
+    int,
+    PlainValidator(parse_byte_size),
+    WithJsonSchema(
+        {
+            "anyOf": [{"type": "integer", "minimum": 1}, {"type": "string"}],
+            "description": "A size: bytes, or with a unit (KB, KiB, MB, MiB), e.g. 512KiB.",
+        }
+    ),
+]
+
+
+class PublishApi(Block):
+    """`POST <prefix>/<schema full name>`: internal systems publish events in the schema's
+    JSON shape, without a mapping."""
+
+    prefix: str = Field(
+        default="/events", pattern=r"^/[A-Za-z0-9/_.-]*[^/]$", description="Path prefix."
+    )
+    events: dict[SchemaName, TopicName] = Field(
+        min_length=1, description="Schema full name -> the topic its events go to."
+    )
+    auth: dict[str, Any] | None = Field(
+        default=None,
+        description="Who may publish; the same settings as a rest inbound item's auth.",
+    )
+    max_body: ByteCount = Field(
+        default=DEFAULT_MAX_BODY, description="Largest accepted body; larger ones get 413."
+    )
+
+
+class HttpSettings(Block):
+    """The one HTTP server of a `bus run` process, shared by every inbound endpoint."""
+
+    host: str = Field(default="127.0.0.1", description="Address to listen on (0.0.0.0: all).")
+    port: int = Field(default=8080, ge=0, le=65535, description="Port to listen on.")
+    publish: PublishApi | None = Field(default=None, description="The generic publish API.")
+
+
 # -- files and sets ---------------------------------------------------------------------------
 
 FlowItem = Inbound | Mediation | Outbound
@@ -868,6 +928,9 @@ class FlowFile(Block):
     kafka: KafkaSettings | None = Field(default=None, description="Where Kafka is.")
     topics: TopicDefaults | None = Field(
         default=None, description="Settings of topics the flows create when missing."
+    )
+    http: HttpSettings | None = Field(
+        default=None, description="The inbound HTTP server (webhooks, publish API)."
     )
     inbound: tuple[Inbound, ...] = Field(default=(), description="External calls to events.")
     mediation: tuple[Mediation, ...] = Field(default=(), description="Events between topics.")
@@ -917,7 +980,7 @@ def flow_set_conflicts(files: Iterable[FlowFile]) -> list[str]:
                         "name",
                     )
                 )
-    for section in ("kafka", "topics"):
+    for section in ("kafka", "topics", "http"):
         problems.extend(_settings_conflicts(files, section))
     return problems
 
@@ -960,6 +1023,10 @@ class FlowSet:
     @property
     def topics(self) -> TopicDefaults | None:
         return next((file.topics for file in self.files if file.topics is not None), None)
+
+    @property
+    def http(self) -> HttpSettings | None:
+        return next((file.http for file in self.files if file.http is not None), None)
 
     @property
     def inbound(self) -> tuple[Inbound, ...]:

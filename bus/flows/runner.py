@@ -13,11 +13,12 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
+from aiokafka import AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
 
 from bus.errors import BusError
 from bus.flows.dead_letters import InputRecord
 from bus.flows.processor import FlowProcessor
+from bus.kafka_clients import durable_producer, group_consumer
 
 log = logging.getLogger(__name__)
 
@@ -26,8 +27,7 @@ Guarantee = Literal["at-least-once", "exactly-once"]
 # stays below the time a rebalance waits for this member and below the transaction timeout:
 # otherwise the group would hand the partitions over while the batch still runs, and both
 # owners would write its outputs.
-BATCH_DEADLINE_S = 40.0
-REBALANCE_TIMEOUT_MS = 60_000
+BATCH_DEADLINE_S = 40.0  # < REBALANCE_TIMEOUT_MS (bus.kafka_clients)
 TRANSACTION_TIMEOUT_MS = 60_000
 
 
@@ -63,24 +63,13 @@ class FlowRunner:
 
     async def run(self, stop: asyncio.Event) -> None:
         """Process until `stop` is set, then finish the batch in hand, commit, and leave."""
-        consumer = AIOKafkaConsumer(
-            bootstrap_servers=self.bootstrap_servers,
-            group_id=self.plan.group_id,
-            enable_auto_commit=False,
-            auto_offset_reset="earliest",
-            isolation_level="read_committed",
-            rebalance_timeout_ms=REBALANCE_TIMEOUT_MS,
-        )
+        consumer = group_consumer(self.bootstrap_servers, self.plan.group_id)
         exactly_once = self.plan.guarantee == "exactly-once"
         transactional = _PartitionProducers(self.bootstrap_servers, self.plan.name)
         listener = _FinishBeforeRevoke(self._idle, transactional if exactly_once else None)
         consumer.subscribe(list(self.plan.sources), listener=listener)
-        producer = AIOKafkaProducer(
-            bootstrap_servers=self.bootstrap_servers,
-            acks="all",
-            enable_idempotence=True,
-            linger_ms=5,  # outputs of a batch travel together instead of one request each
-        )
+        # linger: the outputs of a batch travel together instead of one request each.
+        producer = durable_producer(self.bootstrap_servers, linger_ms=5)
         if not exactly_once:
             await producer.start()
         try:

@@ -1,35 +1,67 @@
-"""`bus run`: every mediation flow of a flow set in one asyncio process, until told to stop."""
+"""`bus run`: every item of a flow set in one asyncio process, until told to stop: inbound
+endpoints on one HTTP server, pollers, mediation flows and outbound deliveries."""
 
 import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Coroutine, Sequence
+from typing import Any
 
+import aiohttp
+from aiohttp import web
+
+from bus.delivery.contract import Delivery
+from bus.delivery.plan import delivery_plan_from
+from bus.delivery.replies import reply_plan_from
+from bus.delivery.runner import DeliveryRunner
 from bus.errors import ConfigError
 from bus.events.catalog import SchemaCatalog
 from bus.events.codec import EventCodec
 from bus.events.registry import SchemaRegistryClient
 from bus.flows.build import BuiltFlow, build_flow, output_topics
-from bus.flows.model import FlowSet
+from bus.flows.model import FlowSet, HttpSettings, Inbound, Mediation, Outbound
 from bus.flows.runner import BatchTooSlowError, FlowRunner
 from bus.flows.topics import ensure_topics
+from bus.inbound.ingest import Ingest
+from bus.inbound.server import InboundServer
+from bus.plugins import AdapterContext, AdapterRuntime, adapter_named, installed_adapters
 
 log = logging.getLogger(__name__)
 RESTART_BACKOFF = (1.0, 30.0)  # first and longest wait before a failed flow starts again
 HEALTHY_RUN = 60.0  # seconds of running after which a failure starts the backoff afresh
 TEARDOWN_S = 10.0  # after the grace period: how long leaving groups and closing may take
+INGEST_CONNECT_S = 30.0  # how long the inbound server waits for Kafka before it opens anyway
 
 
 def select(flows: FlowSet, only: Sequence[str]) -> list[str]:
-    names = [flow.name for flow in flows.mediation]
+    """The names of the items to run: those named in `only`, or all."""
+    items: list[Inbound | Mediation | Outbound] = [*flows.inbound, *flows.mediation]
+    names = [item.name for item in (*items, *flows.outbound)]
     unknown = sorted(set(only) - set(names))
     if unknown:
         raise ConfigError(
-            f"--only names no mediation flow: {', '.join(unknown)}; the flows are: "
+            f"--only names nothing in the flow files: {', '.join(unknown)}; their items are: "
             f"{', '.join(names) or 'none'}"
         )
     return [name for name in names if not only or name in only]
+
+
+def needed_topics(flows: FlowSet, chosen: set[str]) -> set[str]:
+    """Every topic the chosen items read or write."""
+    topics: set[str] = set()
+    for flow in flows.mediation:
+        if flow.name in chosen:
+            topics |= output_topics(flow) | set(flow.from_)
+    for inbound in flows.inbound:
+        if inbound.name in chosen:
+            topics |= {inbound.topic, f"{inbound.name}.dlq"}
+    for outbound in flows.outbound:
+        if outbound.name in chosen:
+            topics |= {*outbound.from_, outbound.dlq}
+            if outbound.reply is not None:
+                topics.add(outbound.reply.topic)
+    return topics
 
 
 async def run_flows(
@@ -41,38 +73,129 @@ async def run_flows(
     shutdown_grace: float = 30.0,
     stop: asyncio.Event,
 ) -> list[str]:
-    """Run the selected flows until `stop` is set; then let each finish its batch within
-    `shutdown_grace` seconds and commit. Returns the flows that had to abandon their batch
-    (uncommitted: the next owner processes it again)."""
+    """Run the selected items until `stop` is set: the inbound HTTP server and pollers, the
+    mediation flows and the outbound deliveries. Then stop accepting requests, let each flow and
+    delivery finish its work in hand within `shutdown_grace` seconds and commit. Returns the
+    names of those that had to abandon work (uncommitted: the next owner does it again)."""
     registry_url = flows.kafka.schema_registry if flows.kafka else None
     registry = SchemaRegistryClient(registry_url) if registry_url else None
     codec = EventCodec(catalog, registry)
     chosen = set(select(flows, only))
     built = [build_flow(flow, catalog, codec) for flow in flows.mediation if flow.name in chosen]
-    topics = {t for flow in flows.mediation if flow.name in chosen for t in output_topics(flow)}
-    topics |= {t for flow in flows.mediation if flow.name in chosen for t in flow.from_}
     defaults = flows.topics
     created = await ensure_topics(
         bootstrap_servers,
-        topics,
+        needed_topics(flows, chosen),
         partitions=(defaults.partitions if defaults and defaults.partitions else 6),
         replication_factor=defaults.replication_factor if defaults else None,
     )
     if created:
         log.info("created topics: %s", ", ".join(created))
+    ingest = Ingest(bootstrap_servers, codec)
+    session = aiohttp.ClientSession()
+    runtimes: dict[str, AdapterRuntime] = {}
+    server: InboundServer | None = None
     try:
-        tasks = [asyncio.create_task(_supervise(flow, bootstrap_servers, stop)) for flow in built]
+        context = AdapterContext(flows, catalog, codec, ingest, session, bootstrap_servers)
+        work: list[tuple[str, Coroutine[Any, Any, None]]] = [
+            (flow.plan.name, _supervise(flow, bootstrap_servers, stop)) for flow in built
+        ]
+        work += _add_adapter_items(flows, chosen, context, runtimes, stop)
+        routes = [route for runtime in runtimes.values() for route in runtime.routes()]
+        if routes:
+            server = await _open_server(flows, ingest, routes)
+        work += [(f"{name} adapter", runtime.run(stop)) for name, runtime in runtimes.items()]
+        tasks = [asyncio.create_task(coroutine) for _, coroutine in work]
         await stop.wait()
+        if server is not None:  # no new requests; those under way are answered
+            await server.stop()
+            server = None
         _, pending = await asyncio.wait(tasks, timeout=shutdown_grace)
         for task in pending:  # past the deadline: abandon the batch; it was not committed
             task.cancel()
         # Leaving the group and flushing may each wait a request timeout on a dead broker.
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(asyncio.gather(*tasks, return_exceptions=True), TEARDOWN_S)
-        return [flow.plan.name for flow, task in zip(built, tasks, strict=True) if task in pending]
+        return [name for (name, _), task in zip(work, tasks, strict=True) if task in pending]
     finally:
+        if server is not None:
+            await server.stop()
+        for runtime in runtimes.values():
+            await runtime.close()
+        await ingest.stop()
+        await session.close()
         if registry is not None:
             await registry.close()
+
+
+def _add_adapter_items(
+    flows: FlowSet,
+    chosen: set[str],
+    context: AdapterContext,
+    runtimes: dict[str, AdapterRuntime],
+    stop: asyncio.Event,
+) -> list[tuple[str, Coroutine[Any, Any, None]]]:
+    """Hand each chosen inbound and outbound item to its adapter; return the deliveries' work."""
+    # Every installed adapter takes part, even without items: it may serve something of its
+    # own (the REST adapter's publish API).
+    for name in installed_adapters():
+        _runtime(runtimes, name, context)
+    for item in flows.inbound:
+        if item.name in chosen:
+            _runtime(runtimes, item.adapter, context).add_inbound(item)
+    work: list[tuple[str, Coroutine[Any, Any, None]]] = []
+    for outbound in flows.outbound:
+        if outbound.name in chosen:
+            delivery = _runtime(runtimes, outbound.adapter, context).add_outbound(outbound)
+            work.append((outbound.name, _deliver(outbound, delivery, context, stop)))
+    return work
+
+
+async def _open_server(
+    flows: FlowSet, ingest: Ingest, routes: Sequence[web.RouteDef]
+) -> InboundServer:
+    await ingest.start()
+    # Open the doors once Kafka can take events; if it cannot yet, open them anyway: callers
+    # get 503 with Retry-After rather than a refused connection.
+    if not await ingest.connected(within=INGEST_CONNECT_S):
+        log.warning("Kafka is not reachable yet; inbound requests get 503 until it is")
+    http = flows.http or HttpSettings()
+    server = InboundServer(http.host, http.port, routes)
+    await server.start()
+    return server
+
+
+def _runtime(
+    runtimes: dict[str, AdapterRuntime], name: str, context: AdapterContext
+) -> AdapterRuntime:
+    if name not in runtimes:
+        runtimes[name] = adapter_named(name).runtime(context)
+    return runtimes[name]
+
+
+async def _deliver(
+    outbound: Outbound, delivery: Delivery, context: AdapterContext, stop: asyncio.Event
+) -> None:
+    """Run a delivery; after a failure (Kafka gone) start it again from its last commit."""
+    # One plan for all restarts: the circuit breaker remembers the endpoint's state.
+    plan = delivery_plan_from(outbound)
+    reply = reply_plan_from(outbound.reply) if outbound.reply is not None else None
+    wait = RESTART_BACKOFF[0]
+    while not stop.is_set():
+        runner = DeliveryRunner(
+            plan, delivery, context.codec, context.bootstrap_servers, reply=reply
+        )
+        started = time.monotonic()
+        try:
+            await runner.run(stop)
+            return
+        except Exception:
+            if time.monotonic() - started > HEALTHY_RUN:
+                wait = RESTART_BACKOFF[0]
+            log.exception("delivery %s failed; restarting in %.0f s", outbound.name, wait)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), wait)
+        wait = min(wait * 2, RESTART_BACKOFF[1])
 
 
 async def _supervise(flow: BuiltFlow, bootstrap_servers: str, stop: asyncio.Event) -> None:

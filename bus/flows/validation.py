@@ -34,6 +34,7 @@ from bus.flows.model import (
     WhenRoute,
 )
 from bus.flows.steps.split import SPLIT_NEEDS_A_PATH, split_path
+from bus.plugins import ENTRY_POINT_GROUP, Adapter, installed_adapters
 
 SubPath = tuple[str | int, ...]
 
@@ -47,6 +48,8 @@ def validate_flows(flows: FlowSet, catalog: SchemaCatalog) -> list[str]:
         checker.mediation(mediation)
     for outbound in flows.outbound:
         checker.outbound(outbound)
+    for adapter in installed_adapters().values():  # settings outside items (the publish API)
+        checker.problems += adapter.check_flows(flows, catalog)
     return checker.problems
 
 
@@ -96,15 +99,18 @@ class _Checker:
 
     # -- items ----------------------------------------------------------------------------------
 
-    # An inbound item's expressions read the call (`body`, ...) and a reply's the response: names
-    # their adapters define, which the expression compiler (it knows `event` and `attributes`)
-    # cannot check yet. Their target fields can be checked all the same.
+    # An inbound item's expressions read the call (`body`, ...) and a reply's the response:
+    # names that only its adapter knows, so the adapter compiles them (check_inbound/outbound).
 
     def inbound(self, item: Inbound) -> None:
         origin, event = item.origin, item.event
         fields = self.record_fields(origin, ("event", "type"), event.type)
         if fields is not None:
             self.unknown_fields(origin, ("event", "map"), event.map, event.type, fields)
+        adapter = self.adapter(item)
+        if adapter is not None:
+            for at, message in adapter.check_inbound(item, self.catalog):
+                self.report(origin, at, message)
 
     def mediation(self, flow: Mediation) -> None:
         origin = flow.origin
@@ -120,12 +126,29 @@ class _Checker:
 
     def outbound(self, item: Outbound) -> None:
         origin, reply = item.origin, item.reply
-        self.field_map(origin, ("map",), item.map)
+        adapter = self.adapter(item)
+        if adapter is not None:
+            for at, message in adapter.check_outbound(item, self.catalog):
+                self.report(origin, at, message)
         if reply is None:
             return
         fields = self.record_fields(origin, ("reply", "type"), reply.type)
         if fields is not None:
             self.unknown_fields(origin, ("reply", "map"), reply.map, reply.type, fields)
+
+    def adapter(self, item: Inbound | Outbound) -> Adapter | None:
+        """The item's adapter; None (after reporting why) if it is not installed."""
+        adapter = installed_adapters().get(item.adapter)
+        if adapter is None:
+            known = ", ".join(sorted(installed_adapters())) or "none"
+            self.report(
+                item.origin,
+                (item.adapter,),
+                f"no adapter named {item.adapter!r} is installed (installed: {known}); check the "
+                f"spelling, or install the package that provides it (an entry point in the "
+                f"{ENTRY_POINT_GROUP!r} group)",
+            )
+        return adapter
 
     # -- steps ----------------------------------------------------------------------------------
 

@@ -1,0 +1,1 @@
+"""The REST adapter: inbound webhooks and publish API, outbound calls, polling sources."""

@@ -1,0 +1,1 @@
+"""HTTP pieces every HTTP-speaking part of the bus shares (inbound server, admin API)."""

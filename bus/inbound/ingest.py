@@ -1,0 +1,118 @@
+"""Storing inbound events in Kafka: acks=all, a deadline, and never a false success.
+
+An inbound adapter answers success only after `store` returned: the event is then on every
+in-sync replica. When Kafka cannot take it (unreachable, no leader, too slow) `store` raises
+`StorageUnavailableError`, which adapters answer with 503 and Retry-After (or a SOAP Fault);
+the caller retries, with its idempotency key if it has one.
+"""
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Mapping
+
+from aiokafka.errors import KafkaError, MessageSizeTooLargeError
+
+from bus.errors import BusError, SchemaRegistryError
+from bus.events.codec import EventCodec
+from bus.events.event import Event
+from bus.kafka_clients import durable_producer
+
+log = logging.getLogger(__name__)
+RETRY_AFTER_S = 5  # what a 503 tells the caller: long enough for a leader election
+
+
+class StorageUnavailableError(BusError):
+    """Kafka did not acknowledge the event in time; it must be treated as not stored."""
+
+
+class EventTooLargeError(BusError):
+    """The encoded event is larger than Kafka accepts as one record (the caller's fault)."""
+
+
+class Ingest:
+    """One idempotent producer for all inbound endpoints of a process.
+
+    It connects in the background, so that the HTTP server answers (503) while Kafka is away,
+    instead of the process failing to start.
+    """
+
+    def __init__(
+        self,
+        bootstrap_servers: str,
+        codec: EventCodec,
+        *,
+        deadline: float = 10.0,
+        **producer_options: object,
+    ) -> None:
+        self.codec = codec
+        self.deadline = deadline
+        self._producer = durable_producer(bootstrap_servers, **producer_options)
+        self._started = asyncio.Event()
+        self._connecting: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        self._connecting = asyncio.create_task(self._connect())
+
+    async def _connect(self) -> None:
+        wait = 0.5
+        while True:
+            try:
+                await self._producer.start()
+            except KafkaError as error:
+                log.warning("inbound producer cannot reach Kafka yet (%s); retrying", error)
+                await asyncio.sleep(wait)
+                wait = min(wait * 2, 10.0)
+            else:
+                self._started.set()
+                return
+
+    async def connected(self, within: float) -> bool:
+        """Wait up to `within` seconds for the first connection; say whether it is made."""
+        try:
+            async with asyncio.timeout(within):
+                await self._started.wait()
+        except TimeoutError:
+            return False
+        return True
+
+    async def stop(self) -> None:
+        if self._connecting is not None and not self._connecting.done():
+            self._connecting.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._connecting
+        if self._started.is_set():
+            await self._producer.stop()
+
+    async def store(self, topic: str, event: Event, trace: Mapping[str, str] | None = None) -> None:
+        """Return once Kafka acknowledged `event` on `topic`, or raise
+        StorageUnavailableError within the deadline."""
+        if not self._started.is_set():
+            raise StorageUnavailableError(
+                f"Kafka is not reachable yet; event {event.id} was not stored"
+            )
+        try:
+            record = await self.codec.encode(event, trace)
+        except SchemaRegistryError as error:
+            raise StorageUnavailableError(
+                f"the schema registry is unavailable ({error}); event {event.id} was not stored"
+            ) from error
+        try:
+            async with asyncio.timeout(self.deadline):
+                await self._producer.send_and_wait(
+                    topic, record.value, key=record.key, headers=list(record.headers)
+                )
+        except TimeoutError:
+            raise StorageUnavailableError(
+                f"Kafka did not acknowledge event {event.id} on {topic!r} within "
+                f"{self.deadline:g} s"
+            ) from None
+        except MessageSizeTooLargeError as error:
+            raise EventTooLargeError(
+                f"event {event.id} is {len(record.value)} bytes as Avro, more than Kafka "
+                "accepts as one record (max.request.size / message.max.bytes)"
+            ) from error
+        except KafkaError as error:
+            raise StorageUnavailableError(
+                f"Kafka did not acknowledge event {event.id} on {topic!r}: {error}"
+            ) from error
