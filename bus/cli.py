@@ -257,16 +257,21 @@ def check_schemas(schemas_dir: Path, against: str | None) -> None:
 
 @main.group()
 def dlq() -> None:
-    """A mediation flow's dead-letter topic: list, show, replay."""
+    """Dead letters of a mediation flow, an outbound delivery or a poller: list, show, replay."""
 
 
 def _dlq_topic(flow: str, topic: str | None, files: Sequence[Path]) -> str:
     if topic:
         return topic
     if files:
-        named = {m.name: m.dlq for m in load_flow_files(files).mediation}
+        flows = load_flow_files(files)
+        named = {item.name: item.dlq for item in (*flows.mediation, *flows.outbound)}
+        named |= {item.name: f"{item.name}.dlq" for item in flows.inbound}
         if flow not in named:
-            raise ConfigError(f"no mediation flow {flow!r} in {', '.join(map(str, files))}")
+            raise ConfigError(
+                f"nothing named {flow!r} in {', '.join(map(str, files))}; the names are: "
+                f"{', '.join(sorted(named)) or 'none'}"
+            )
         return named[flow]
     return f"{flow}.dlq"
 

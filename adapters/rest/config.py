@@ -66,12 +66,12 @@ class RestInbound(Block):
         return self
 
 
-_PLACEHOLDER = re.compile(r"\{([^{}]+)\}")
+PLACEHOLDER = re.compile(r"\{([^{}]+)\}")
 
 
 def url_placeholders(template: str) -> list[str]:
     """The expressions of a URL template: `https://x/customers/{event.id}` -> [`event.id`]."""
-    return [match.strip() for match in _PLACEHOLDER.findall(template)]
+    return [match.strip() for match in PLACEHOLDER.findall(template)]
 
 
 class RestOutbound(Block):

@@ -7,6 +7,7 @@ Authentication comes after reading the body because an HMAC signature covers the
 the body is bounded before that, so an anonymous caller cannot make us hold more than the limit.
 """
 
+import hashlib
 import json
 import logging
 import math
@@ -17,6 +18,7 @@ from typing import Any
 
 from aiohttp import web
 
+from bus.auth.hmac_signature import VerifiedSignature
 from bus.auth.jwt_bearer import KeySetUnavailableError
 from bus.auth.settings import RequestAuthenticator
 from bus.errors import AuthenticationError, AuthorizationError
@@ -83,7 +85,7 @@ class Endpoint:
             ) from None
         return raw, principal
 
-    def event_id(self, request: web.Request, principal: object) -> str:
+    def event_id(self, request: web.Request, principal: object, raw: bytes) -> str:
         key = request.headers.get(idempotency.HEADER)
         if key is not None and not 0 < len(key) <= idempotency.MAX_KEY_LENGTH:
             raise Problem(
@@ -93,11 +95,8 @@ class Endpoint:
                 f"the {idempotency.HEADER} header must be 1 to {idempotency.MAX_KEY_LENGTH} "
                 "characters long",
             )
-        if key is None:
-            # A signed webhook's delivery id is the sender's own idempotency key: its
-            # redelivery of the same message then yields the same event.
-            delivery = getattr(principal, "delivery_id", None)
-            key = f"delivery:{delivery}" if isinstance(delivery, str) and delivery else None
+        if key is None and isinstance(principal, VerifiedSignature):
+            key = _signed_request_key(principal, raw)
         return idempotency.event_id_for(self.name, key)
 
     async def store(self, topic: str, event: Event) -> web.Response:
@@ -143,7 +142,7 @@ class WebhookEndpoint(Endpoint):
         }
         try:
             event = self.mapping.event(
-                self.catalog, values, event_id=self.event_id(request, principal),
+                self.catalog, values, event_id=self.event_id(request, principal, raw),
                 source=f"/inbound/{self.name}",
             )  # fmt: skip
         except MappingError as invalid:
@@ -170,6 +169,8 @@ class PublishEndpoint(Endpoint):
         self.events = events
 
     async def handle(self, request: web.Request) -> web.Response:
+        # Authenticated first: which types are published is no business of anonymous callers.
+        raw, principal = await self.read(request)
         event_type = request.match_info["schema"]
         topic = self.events.get(event_type)
         if topic is None:
@@ -180,12 +181,11 @@ class PublishEndpoint(Endpoint):
                 "Unknown event type",
                 f"{event_type!r} is not published here; the publish API takes: {listed}",
             )
-        raw, principal = await self.read(request)
         body = parse_json(request, raw)
         mapping = InboundMapping(event_type, None, None, {}, whole="body")
         try:
             event = mapping.event(
-                self.catalog, {"body": body}, event_id=self.event_id(request, principal),
+                self.catalog, {"body": body}, event_id=self.event_id(request, principal, raw),
                 source=request.headers.get("ce-source") or "/publish",
             )  # fmt: skip
         except MappingError as invalid:
@@ -198,6 +198,16 @@ class PublishEndpoint(Endpoint):
             time=event.time, subject=subject, key=key,
         )  # fmt: skip
         return await self.store(topic, event)
+
+
+def _signed_request_key(signature: VerifiedSignature, raw: bytes) -> str:
+    """A signed webhook's own identity. The sender's delivery id where the scheme has one, so a
+    redelivery is the same event; else the signed timestamp and body, so that a captured
+    request replayed within the tolerance is the same event too (consumers drop it by id)."""
+    if signature.delivery_id:
+        return f"delivery:{signature.delivery_id}"
+    digest = hashlib.sha256(raw).hexdigest()
+    return f"signed:{signature.timestamp}:{digest}"
 
 
 def parse_json(request: web.Request, raw: bytes) -> Any:
@@ -258,7 +268,8 @@ def _unavailable(detail: str, retry_after: float | None = None) -> Problem:
         503,
         "unavailable",
         "Service unavailable",
-        f"{detail}; nothing was stored, try again (with the same Idempotency-Key)",
+        f"{detail}; the event may not be stored: send it again, with the same "
+        "Idempotency-Key so that it stays one event",
         headers={"Retry-After": str(wait)},
     )
 

@@ -8,6 +8,7 @@ dead letters belong to the delivery runner (bus/delivery).
 """
 
 import json
+import re
 from collections.abc import Mapping
 from typing import Any
 from urllib.parse import quote
@@ -16,21 +17,25 @@ import aiohttp
 from multidict import CIMultiDict
 from yarl import URL
 
-from adapters.rest.config import OUTBOUND_VARIABLES, RestOutbound, url_placeholders
+from adapters.rest.config import (
+    OUTBOUND_VARIABLES,
+    PLACEHOLDER,
+    RestOutbound,
+    url_placeholders,
+)
 from bus.auth.outbound import OutboundAuth
 from bus.delivery.contract import Response
-from bus.errors import PermanentDeliveryError, TransientDeliveryError
+from bus.errors import DeliveryError, PermanentDeliveryError, TransientDeliveryError
 from bus.events import json_values
 from bus.events.codec import DecodedEvent
 from bus.flows.expressions import Expression, ExpressionError, compile_expression
 from bus.flows.steps.base import attributes_of
+from bus.http.client import is_transient, parsed_body, read_limited
 from bus.http.retry_after import parse_retry_after
 from bus.inbound.idempotency import HEADER as IDEMPOTENCY_HEADER
 
 EXCERPT_CHARS = 500
 MAX_RESPONSE_BYTES = 4 * 1024 * 1024
-_TRANSIENT = frozenset({408, 425, 429})
-_PERMANENT_5XX = frozenset({501, 505})
 
 
 class RestDelivery:
@@ -85,11 +90,19 @@ class RestDelivery:
         """Nothing of its own to close: the session and credentials belong to the runtime."""
 
     def _fill_url(self, values: Mapping[str, Any]) -> str:
-        url = self.settings.url
-        for source, expression in self._url:
+        filled = iter(self._url)
+
+        def segment(_: re.Match[str]) -> str:
+            source, expression = next(filled)
             value = _text(expression.evaluate_in(values))
-            url = url.replace("{" + source + "}", quote(value, safe=""), 1)
-        return url
+            if not value:
+                # An empty segment would turn PUT /customers/{id} into PUT /customers/.
+                raise PermanentDeliveryError(
+                    f"cannot build the request: URL part {{{source}}} is empty or null"
+                )
+            return quote(value, safe="")
+
+        return PLACEHOLDER.sub(segment, self.settings.url)
 
     def _request_body(self, values: Mapping[str, Any]) -> bytes | None:
         if self.settings.method in ("GET", "DELETE") and self._body is None and not self._fields:
@@ -113,17 +126,28 @@ class RestDelivery:
     ) -> Response:
         headers, query = CIMultiDict(headers), dict(query)
         if self.auth is not None:
-            await self.auth.apply(headers, query)
+            try:
+                await self.auth.apply(headers, query)
+            except DeliveryError as error:
+                # No credentials is the endpoint's trouble, not the event's: a wrong client
+                # secret must open the breaker and pause, not dead-letter the whole topic.
+                raise TransientDeliveryError(
+                    f"cannot get credentials: {error.reason}",
+                    status=error.status,
+                    excerpt=error.excerpt,
+                    retry_after=getattr(error, "retry_after", None),
+                ) from error
         try:
+            # Redirects are not followed: the credentials would go along to wherever they point.
             async with self.session.request(
                 self.settings.method, url, headers=headers, params=query, data=body,
-                timeout=self.timeout,
+                timeout=self.timeout, allow_redirects=False,
             ) as answer:  # fmt: skip
-                raw = await answer.content.read(MAX_RESPONSE_BYTES)
+                raw, _ = await read_limited(answer, MAX_RESPONSE_BYTES)
                 return Response(
                     status=answer.status,
                     headers={name.lower(): value for name, value in answer.headers.items()},
-                    body=_parsed(answer.content_type, raw),
+                    body=parsed_body(answer.content_type, raw),
                 )
         except TimeoutError as error:
             seconds = self.timeout.total
@@ -141,7 +165,7 @@ def _classified(response: Response) -> Response:
     if 200 <= status < 300:
         return response
     excerpt = _excerpt(response.body)
-    if status in _TRANSIENT or (status >= 500 and status not in _PERMANENT_5XX):
+    if is_transient(status):
         raise TransientDeliveryError(
             f"HTTP {status}",
             status=status,
@@ -149,17 +173,6 @@ def _classified(response: Response) -> Response:
             retry_after=parse_retry_after(response.headers.get("retry-after")),
         )
     raise PermanentDeliveryError(f"HTTP {status}", status=status, excerpt=excerpt)
-
-
-def _parsed(content_type: str, raw: bytes) -> Any:
-    if not raw:
-        return None
-    if content_type == "application/json" or content_type.endswith("+json"):
-        try:
-            return json.loads(raw)
-        except (ValueError, RecursionError):
-            pass
-    return raw.decode("utf-8", errors="replace")
 
 
 def _excerpt(body: Any) -> str:

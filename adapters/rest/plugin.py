@@ -1,6 +1,7 @@
 """The REST adapter as bus sees it: the `rest` entry point of the `bus.adapters` group."""
 
 import asyncio
+import logging
 from collections.abc import Sequence
 from typing import Any
 
@@ -33,6 +34,8 @@ from bus.flows.model import FlowSet, Inbound, KeyPath, Outbound
 from bus.inbound.mapping import InboundMapping
 from bus.plugins import AdapterContext, Problems
 from bus.polling.poller import ITEM_VARIABLES, Poller
+
+log = logging.getLogger(__name__)
 
 
 class RestAdapter:
@@ -224,8 +227,15 @@ class RestRuntime:
         return routes
 
     async def run(self, stop: asyncio.Event) -> None:
-        if self._pollers:
-            await asyncio.gather(*(poller.run(stop) for poller in self._pollers))
+        if not self._pollers:
+            return
+        # One poller that gives up (fenced by another process) must not orphan the others.
+        results = await asyncio.gather(
+            *(poller.run(stop) for poller in self._pollers), return_exceptions=True
+        )
+        for poller, result in zip(self._pollers, results, strict=True):
+            if isinstance(result, BaseException):
+                log.error("poller %s stopped: %s", poller.name, result)
 
     async def close(self) -> None:
         for auth in self._auths:

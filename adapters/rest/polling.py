@@ -72,6 +72,7 @@ from bus.flows.model import (
     format_duration,
     key_errors,
 )
+from bus.http.client import is_transient, parsed_body, read_limited
 from bus.http.retry_after import parse_retry_after
 from bus.polling.cursor_store import DEFAULT_REMEMBER, CursorStore
 from bus.polling.poller import (
@@ -96,7 +97,6 @@ POLL_VARIABLES = ITEM_VARIABLES
 `next` see: `item`, one element of the list that `items` gave."""
 MAX_REMEMBER = 50_000  # 8 bytes each, base64 in the cursor record: ~530 KB, under Kafka's 1 MB
 DEFAULT_MAX_BODY = 16 * 1024 * 1024
-_BUSY = frozenset({408, 425, 429})  # with 5xx: the server's trouble, Retry-After is read
 
 
 # -- settings ---------------------------------------------------------------------------------
@@ -505,10 +505,11 @@ class PollingClient:
         if status in (HTTPStatus.NOT_MODIFIED, HTTPStatus.NO_CONTENT):
             return None
         if 200 <= status < 300:
-            response = Response(status=status, headers=headers, body=_parse(raw))
+            body = parsed_body(headers.get("content-type", ""), raw)
+            response = Response(status=status, headers=headers, body=body)
             return Fetched(response, raw)
         answered = f"GET {self.origin} answered HTTP {status} {reason}".rstrip()
-        if status >= HTTPStatus.INTERNAL_SERVER_ERROR or status in _BUSY:
+        if is_transient(status):
             retry_after = parse_retry_after(headers.get("retry-after"))
             wish = f" (Retry-After {retry_after:.0f} s)" if retry_after is not None else ""
             raise PollFailedError(answered + wish, retry_after=retry_after)
@@ -527,7 +528,10 @@ class PollingClient:
         url = self.url.update_query(query) if query else self.url
         seconds = format_duration(self.poll.timeout)
         try:
-            async with self.session.get(url, headers=headers, timeout=self._timeout) as answer:
+            # Redirects are not followed: credentials would go along to wherever they point.
+            async with self.session.get(
+                url, headers=headers, timeout=self._timeout, allow_redirects=False
+            ) as answer:
                 raw = await self._read(answer)
                 received = {name.lower(): value for name, value in answer.headers.items()}
                 return answer.status, answer.reason or "", received, raw
@@ -541,25 +545,12 @@ class PollingClient:
             ) from None
 
     async def _read(self, answer: aiohttp.ClientResponse) -> bytes:
-        chunks: list[bytes] = []
-        size = 0
-        async for chunk in answer.content.iter_chunked(64 * 1024):
-            size += len(chunk)
-            if size > self.max_body:
-                raise PollFailedError(
-                    f"GET {self.origin}: the response is larger than {self.max_body} bytes"
-                )
-            chunks.append(chunk)
-        return b"".join(chunks)
-
-
-def _parse(raw: bytes) -> Any:
-    if not raw.strip():
-        return None
-    try:
-        return json.loads(raw)
-    except ValueError:
-        return raw.decode(errors="replace")
+        raw, more = await read_limited(answer, self.max_body)
+        if more:
+            raise PollFailedError(
+                f"GET {self.origin}: the response is larger than {self.max_body} bytes"
+            )
+        return raw
 
 
 def _cursor_value(value: Any) -> str | int | float:

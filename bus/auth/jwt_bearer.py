@@ -33,8 +33,8 @@ from cryptography.hazmat.primitives.serialization import load_pem_public_key
 from pydantic import SecretBytes
 
 from bus.auth.credentials import SecretLike, read_header, secrets_from
-from bus.auth.outbound import read_limited
 from bus.errors import AuthenticationError, AuthorizationError, BusError, ConfigError
+from bus.http.client import read_limited
 from bus.resilience.clock import SYSTEM_CLOCK, Clock
 
 log = logging.getLogger(__name__)

@@ -13,17 +13,17 @@ import itertools
 import json
 import logging
 import re
-import time
 from collections.abc import Mapping, MutableMapping, Sequence
-from email.utils import parsedate_to_datetime
 from typing import Any, Literal
 from urllib.parse import quote_plus
 
 import aiohttp
 from pydantic import SecretStr
 
-from bus.auth.outbound import OutboundAuth, Secret, read_limited, secret_str, set_header
+from bus.auth.outbound import OutboundAuth, Secret, secret_str, set_header
 from bus.errors import ConfigError, PermanentDeliveryError, TransientDeliveryError
+from bus.http.client import is_transient, read_limited
+from bus.http.retry_after import parse_retry_after
 from bus.resilience.clock import SYSTEM_CLOCK, Clock
 
 log = logging.getLogger(__name__)
@@ -227,7 +227,7 @@ class OAuth2ClientCredentials(OutboundAuth):
             ) as response:
                 # A longer answer is cut, which makes a token answer unreadable (as it should).
                 raw, _ = await read_limited(response, _MAX_RESPONSE_BYTES)
-                return response.status, raw, _retry_after(response.headers.get("Retry-After"))
+                return response.status, raw, parse_retry_after(response.headers.get("Retry-After"))
         except (aiohttp.ClientError, TimeoutError) as error:
             cause = f"{type(error).__name__}: {error}".rstrip(": ")
             raise TransientDeliveryError(
@@ -267,7 +267,7 @@ class OAuth2ClientCredentials(OutboundAuth):
         # Scrubbed before it is cut, so that no cut-off start of the secret stays.
         excerpt = self._scrub(raw.decode("utf-8", "replace"))[:_EXCERPT_CHARS]
         where = f"token request to {self.token_url}"
-        if status in (408, 429) or status >= 500:
+        if is_transient(status):
             return TransientDeliveryError(
                 f"{where} answered HTTP {status}",
                 status=status,
@@ -319,17 +319,3 @@ def _oauth_error(raw: bytes) -> tuple[str | None, str | None]:
         return code, None
     description = " ".join(description.split())
     return code, description if len(description) <= 200 else description[:197] + "..."
-
-
-def _retry_after(value: str | None) -> float | None:
-    """Retry-After as seconds from now: delta-seconds or an HTTP-date (RFC 9110 §10.2.3)."""
-    if value is None:
-        return None
-    value = value.strip()
-    if value.isascii() and value.isdigit():
-        return float(value)
-    try:
-        when = parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    return max(0.0, when.timestamp() - time.time())

@@ -12,7 +12,6 @@ import base64
 from collections.abc import MutableMapping
 from typing import Protocol, runtime_checkable
 
-import aiohttp
 from pydantic import SecretBytes, SecretStr
 
 from bus.errors import ConfigError
@@ -45,22 +44,6 @@ def set_header(headers: MutableMapping[str, str], name: str, value: str) -> None
     for existing in [key for key in headers if key.lower() == name.lower()]:
         del headers[existing]
     headers[name] = value
-
-
-async def read_limited(response: aiohttp.ClientResponse, limit: int) -> tuple[bytes, bool]:
-    """The body, up to `limit` bytes, and whether there was more (then left unread).
-
-    `content.read(limit)` would not do: it returns what has arrived so far, which for a body
-    that comes in several packets is only its start.
-    """
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in response.content.iter_chunked(64 * 1024):
-        chunks.append(chunk)
-        size += len(chunk)
-        if size > limit:
-            return b"".join(chunks)[:limit], True
-    return b"".join(chunks), False
 
 
 def secret_str(value: Secret | SecretBytes, what: str) -> SecretStr:

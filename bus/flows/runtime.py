@@ -102,15 +102,17 @@ async def run_flows(
         ]
         work += _add_adapter_items(flows, chosen, context, runtimes, stop)
         routes = [route for runtime in runtimes.values() for route in runtime.routes()]
-        if routes:
-            server = await _open_server(flows, ingest, routes)
         work += [(f"{name} adapter", runtime.run(stop)) for name, runtime in runtimes.items()]
         tasks = [asyncio.create_task(coroutine) for _, coroutine in work]
+        if routes:
+            server = await _open_server(flows, ingest, routes, stop)
         await stop.wait()
+        deadline = asyncio.get_running_loop().time() + shutdown_grace
         if server is not None:  # no new requests; those under way are answered
             await server.stop()
             server = None
-        _, pending = await asyncio.wait(tasks, timeout=shutdown_grace)
+        remaining = max(0.0, deadline - asyncio.get_running_loop().time())
+        _, pending = await asyncio.wait(tasks, timeout=remaining)
         for task in pending:  # past the deadline: abandon the batch; it was not committed
             task.cancel()
         # Leaving the group and flushing may each wait a request timeout on a dead broker.
@@ -152,12 +154,20 @@ def _add_adapter_items(
 
 
 async def _open_server(
-    flows: FlowSet, ingest: Ingest, routes: Sequence[web.RouteDef]
-) -> InboundServer:
+    flows: FlowSet, ingest: Ingest, routes: Sequence[web.RouteDef], stop: asyncio.Event
+) -> InboundServer | None:
+    """The inbound server, listening; None if told to stop before it opened."""
     await ingest.start()
     # Open the doors once Kafka can take events; if it cannot yet, open them anyway: callers
     # get 503 with Retry-After rather than a refused connection.
-    if not await ingest.connected(within=INGEST_CONNECT_S):
+    connected = asyncio.create_task(ingest.connected(within=INGEST_CONNECT_S))
+    stopped = asyncio.create_task(stop.wait())
+    await asyncio.wait({connected, stopped}, return_when=asyncio.FIRST_COMPLETED)
+    stopped.cancel()
+    connected.cancel()
+    if stop.is_set():
+        return None
+    if not connected.result():
         log.warning("Kafka is not reachable yet; inbound requests get 503 until it is")
     http = flows.http or HttpSettings()
     server = InboundServer(http.host, http.port, routes)

@@ -7,12 +7,14 @@ types. A 422 also carries `errors`: one `{field, problem}` per invalid field.
 """
 
 import json
+import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from aiohttp import web
 
+log = logging.getLogger(__name__)
 MEDIA_TYPE = "application/problem+json"
 TYPE_PREFIX = "tag:bus.dev,2026:problem:"
 
@@ -96,4 +98,14 @@ async def problem_middleware(request: web.Request, handler: Any) -> web.StreamRe
         )
     except web.HTTPNotFound:
         return not_found(request.path).response(request.path)
+    except web.HTTPException:
+        raise
+    except Exception:
+        # A bug of ours: logged with its traceback, answered without it.
+        log.exception("%s %s failed", request.method, request.path)
+        return Problem(
+            500, "internal-error", "Internal error",
+            "the request failed on our side (it is logged); try again later, with the same "
+            "Idempotency-Key",
+        ).response(request.path)  # fmt: skip
     return response

@@ -3,7 +3,9 @@
 An inbound adapter answers success only after `store` returned: the event is then on every
 in-sync replica. When Kafka cannot take it (unreachable, no leader, too slow) `store` raises
 `StorageUnavailableError`, which adapters answer with 503 and Retry-After (or a SOAP Fault);
-the caller retries, with its idempotency key if it has one.
+the caller retries, with its idempotency key if it has one. A 503 does not promise that the
+event was not stored: a send that timed out may still land; the key makes the retry the same
+event.
 """
 
 import asyncio
@@ -47,7 +49,11 @@ class Ingest:
     ) -> None:
         self.codec = codec
         self.deadline = deadline
-        self._producer = durable_producer(bootstrap_servers, **producer_options)
+        # A send that outlives the answer could still be written after the 503: bound the
+        # producer's own wait by the deadline, so that it rarely does (the id makes it harmless
+        # when the caller retries with its Idempotency-Key).
+        options = {"request_timeout_ms": int(deadline * 1000), **producer_options}
+        self._producer = durable_producer(bootstrap_servers, **options)
         self._started = asyncio.Event()
         self._connecting: asyncio.Task[None] | None = None
 

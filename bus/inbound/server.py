@@ -8,7 +8,9 @@ from aiohttp import web
 from bus.http.problem import problem_middleware
 
 log = logging.getLogger(__name__)
-SHUTDOWN_S = 10.0  # requests under way may finish (their events are being stored) this long
+# Requests under way may finish this long (their events are being stored): more than the
+# ingest deadline plus a schema registry round trip, so that none is cut off mid-store.
+SHUTDOWN_S = 25.0
 
 
 class InboundServer:

@@ -1,0 +1,49 @@
+"""What every outbound HTTP caller of the bus (REST calls, pollers, OAuth2 token requests) reads
+from a response the same way: a bounded body, JSON or text, and whether trying again can help."""
+
+import json
+from typing import Any
+
+import aiohttp
+
+_TRANSIENT = frozenset({408, 425, 429})
+# 5xx that no retry changes: the server says it cannot do this at all.
+_PERMANENT_5XX = frozenset({501, 505})
+
+
+def is_transient(status: int) -> bool:
+    """Whether a failed call with this status may succeed if tried again later."""
+    return status in _TRANSIENT or (status >= 500 and status not in _PERMANENT_5XX)
+
+
+async def read_limited(response: aiohttp.ClientResponse, limit: int) -> tuple[bytes, bool]:
+    """The body, up to `limit` bytes, and whether there was more (then left unread).
+
+    `content.read(limit)` would not do: it returns what has arrived so far, which for a body
+    that comes in several packets is only its start.
+    """
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in response.content.iter_chunked(64 * 1024):
+        chunks.append(chunk)
+        size += len(chunk)
+        if size > limit:
+            return b"".join(chunks)[:limit], True
+    return b"".join(chunks), False
+
+
+_UNSAID = frozenset({"", "application/octet-stream", "text/plain"})
+
+
+def parsed_body(content_type: str, raw: bytes) -> Any:
+    """JSON for a JSON media type (or none in particular) when it parses, else text; None for
+    an empty body. `content_type` is the media type alone, without parameters."""
+    if not raw.strip():
+        return None
+    media = content_type.split(";", 1)[0].strip().lower()
+    if media in _UNSAID or media == "application/json" or media.endswith("+json"):
+        try:
+            return json.loads(raw)
+        except (ValueError, RecursionError):
+            pass
+    return raw.decode("utf-8", errors="replace")
