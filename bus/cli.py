@@ -265,8 +265,9 @@ def _dlq_topic(flow: str, topic: str | None, files: Sequence[Path]) -> str:
         return topic
     if files:
         flows = load_flow_files(files)
-        named = {item.name: item.dlq for item in (*flows.mediation, *flows.outbound)}
-        named |= {item.name: f"{item.name}.dlq" for item in flows.inbound}
+        named = {flow.name: flow.dlq for flow in flows.mediation}
+        named |= {outbound.name: outbound.dlq for outbound in flows.outbound}
+        named |= {inbound.name: f"{inbound.name}.dlq" for inbound in flows.inbound}
         if flow not in named:
             raise ConfigError(
                 f"nothing named {flow!r} in {', '.join(map(str, files))}; the names are: "
