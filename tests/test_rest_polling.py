@@ -18,6 +18,7 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -39,6 +40,7 @@ from bus.polling.cursor_store import DEFAULT_TOPIC
 from bus.polling.poller import POLL_NAMESPACE, canonical_json
 from bus.resilience.retry import RetryPolicy
 from tests.conftest import ROOT
+from tests.flow_harness import decode, read_records, running_flows, write_flow
 
 CATALOG = SchemaCatalog.load(ROOT / "schemas")
 FAST = RetryPolicy(initial=0.05, max_delay=0.2, multiplier=2.0, jitter=0.0)
@@ -704,3 +706,43 @@ async def test_a_server_that_is_down_is_a_poll_failure_that_names_it(
         PollFailedError, match=rf"GET http://127.0.0.1:{port}/tickets: cannot connect"
     ):
         await PollingClient(session, poll).get()
+
+
+# -- through the flow file and bus run ----------------------------------------------------------
+
+
+async def test_a_poll_item_in_a_flow_file_runs_with_bus_run_and_its_credentials(
+    bootstrap_servers: str, tmp_path: Path, name: str
+) -> None:
+    api = Api(items=[ticket(1), ticket(2)])
+    topic = f"{name}.tickets"
+    async with serving(api) as base:
+        flow = write_flow(
+            tmp_path,
+            f"""
+inbound:
+  - name: {name}
+    rest:
+      poll:
+        url: {base}/since
+        every: 100ms
+        items: response.body.tickets
+        cursor: {{kind: since, param: updated_since, next: item.updated_at}}
+        auth: {{bearer: {{token: poll-token-1f2e}}}}
+    event:
+      type: com.acme.crm.CustomerChanged
+      key: item.id
+      map:
+        customerId: item.id
+        change: '"UPDATED"'
+        email: item.email
+        name: item.name
+        changedAt: item.updated_at
+    topic: {topic}
+""",
+        )
+        async with running_flows(flow, bootstrap_servers):
+            events = await decode(await read_records(bootstrap_servers, topic, 2))
+    assert sorted(event.data["customerId"] for event in events) == ["t-1", "t-2"]
+    assert {event.key for event in events} == {"t-1", "t-2"}
+    assert all(r.headers.get("Authorization") == "Bearer poll-token-1f2e" for r in api.requests)

@@ -5,7 +5,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Coroutine, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from typing import Any
 
 import aiohttp
@@ -186,48 +186,52 @@ def _runtime(
 async def _deliver(
     outbound: Outbound, delivery: Delivery, context: AdapterContext, stop: asyncio.Event
 ) -> None:
-    """Run a delivery; after a failure (Kafka gone) start it again from its last commit."""
     # One plan for all restarts: the circuit breaker remembers the endpoint's state.
     plan = delivery_plan_from(outbound)
     reply = reply_plan_from(outbound.reply) if outbound.reply is not None else None
-    wait = RESTART_BACKOFF[0]
-    while not stop.is_set():
+
+    async def run_once() -> None:
         runner = DeliveryRunner(
             plan, delivery, context.codec, context.bootstrap_servers, reply=reply
         )
-        started = time.monotonic()
-        try:
-            await runner.run(stop)
-            return
-        except Exception:
-            if time.monotonic() - started > HEALTHY_RUN:
-                wait = RESTART_BACKOFF[0]
-            log.exception("delivery %s failed; restarting in %.0f s", outbound.name, wait)
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stop.wait(), wait)
-        wait = min(wait * 2, RESTART_BACKOFF[1])
+        await runner.run(stop)
+
+    await _keep_running(f"delivery {outbound.name}", run_once, stop)
 
 
 async def _supervise(flow: BuiltFlow, bootstrap_servers: str, stop: asyncio.Event) -> None:
-    """Run a flow; after a failure (Kafka gone, a send refused) start it again from its last
-    commit, waiting longer each time."""
-    wait = RESTART_BACKOFF[0]
     batch_size = flow.plan.max_in_flight
+
+    async def run_once() -> None:
+        nonlocal batch_size
+        while True:
+            runner = FlowRunner(flow.plan, flow.processor, bootstrap_servers)
+            runner.batch_size = batch_size
+            try:
+                await runner.run(stop)
+                return
+            except BatchTooSlowError as slow:  # not a failure: redo the batch, smaller
+                batch_size = max(1, batch_size // 2)
+                log.warning("%s; batches of at most %d records from now on", slow, batch_size)
+
+    await _keep_running(f"flow {flow.plan.name}", run_once, stop)
+
+
+async def _keep_running(
+    what: str, run_once: Callable[[], Awaitable[None]], stop: asyncio.Event
+) -> None:
+    """Run until it returns (told to stop); after a failure (Kafka gone, a send refused) run it
+    again, from the last commit, waiting longer each time."""
+    wait = RESTART_BACKOFF[0]
     while not stop.is_set():
-        runner = FlowRunner(flow.plan, flow.processor, bootstrap_servers)
-        runner.batch_size = batch_size
         started = time.monotonic()
         try:
-            await runner.run(stop)
+            await run_once()
             return
-        except BatchTooSlowError as slow:
-            batch_size = max(1, batch_size // 2)
-            log.warning("%s; batches of at most %d records from now on", slow, batch_size)
-            continue
         except Exception:
             if time.monotonic() - started > HEALTHY_RUN:
                 wait = RESTART_BACKOFF[0]  # a new failure after a good run, not a crash loop
-            log.exception("flow %s failed; restarting in %.0f s", flow.plan.name, wait)
+            log.exception("%s failed; restarting in %.0f s", what, wait)
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), wait)
         wait = min(wait * 2, RESTART_BACKOFF[1])
