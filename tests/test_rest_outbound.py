@@ -1,7 +1,8 @@
 """Outbound REST on the real broker, through the documented webhook-to-REST example.
 
-`examples/rest/webhook-to-rest.yaml` (the file docs/adapters/rest.md shows) runs as `bus run`
-would run it: a signed webhook comes in, the event is PUT to a real aiohttp server playing the
+`examples/rest/webhook-to-rest.yaml` (the file docs/adapters/rest.md shows) runs with `bus run`
+in a process of its own: a signed webhook comes in, the event is PUT to a real aiohttp server
+playing the
 billing system (OAuth2, faults on request, see tests/rest_sink.py), and its answers become reply
 events. The delivery runner's own guarantees (order, breaker, rate limit) are proven in
 tests/test_delivery_on_kafka.py; here, what the REST adapter adds.
@@ -12,6 +13,9 @@ import hmac
 import json
 import os
 import re
+import signal
+import subprocess
+import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -21,7 +25,7 @@ import pytest
 
 from bus.flows.dead_letters import DeadLetter
 from tests.conftest import free_port
-from tests.flow_harness import decode, read_all, running_flows
+from tests.flow_harness import decode, read_all
 from tests.rest_sink import CLIENT_SECRET, RestSink
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -37,26 +41,44 @@ async def sink() -> AsyncIterator[RestSink]:
     await sink.stop()
 
 
+def start_bus(log: Path, **environ: str) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "bus", "run", str(EXAMPLE), "--shutdown-grace", "10"],
+        env={**os.environ, "BUS_SCHEMAS_DIR": str(ROOT / "schemas"), **environ},
+        stdout=subprocess.DEVNULL,
+        stderr=log.open("wb"),
+    )
+
+
 @pytest.fixture(scope="module")
-async def webhook(sink: RestSink, bootstrap_servers: str) -> AsyncIterator[str]:
+async def webhook(
+    sink: RestSink, bootstrap_servers: str, tmp_path_factory: pytest.TempPathFactory
+) -> AsyncIterator[str]:
+    """The example, run as the docs say: `bus run examples/rest/webhook-to-rest.yaml`."""
     port = free_port()
-    environ = {
-        "BUS_HTTP_PORT": str(port),
-        "CRM_WEBHOOK_SECRET": SECRET,
-        "BILLING_URL": sink.url,
-        "BILLING_CLIENT_SECRET": CLIENT_SECRET,
-    }
-    saved = {name: os.environ.get(name) for name in environ}
-    os.environ.update(environ)
+    log = tmp_path_factory.mktemp("bus-run") / "bus.log"
+    process = start_bus(
+        log,
+        KAFKA_BOOTSTRAP_SERVERS=bootstrap_servers,
+        BUS_HTTP_PORT=str(port),
+        CRM_WEBHOOK_SECRET=SECRET,
+        BILLING_URL=sink.url,
+        BILLING_CLIENT_SECRET=CLIENT_SECRET,
+    )
     try:
-        async with running_flows(EXAMPLE, bootstrap_servers):
-            yield f"http://127.0.0.1:{port}/hooks/crm/customers"
+        yield f"http://127.0.0.1:{port}/hooks/crm/customers"
     finally:
-        for name, value in saved.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
+        process.send_signal(signal.SIGTERM)
+        try:
+            code = await asyncio.to_thread(process.wait, 60)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            raise
+        text = log.read_text()
+        assert code == 0, text
+        assert "stopped: in-flight work finished and committed" in text
+        assert SECRET not in text
+        assert CLIENT_SECRET not in text
 
 
 async def send(url: str, customer: str, **extra: Any) -> str:
@@ -76,7 +98,7 @@ async def send(url: str, customer: str, **extra: Any) -> str:
     ).encode()
     signature = "sha256=" + hmac.new(SECRET.encode(), body, "sha256").hexdigest()
     async with aiohttp.ClientSession() as session:
-        async with asyncio.timeout(30):
+        async with asyncio.timeout(90):
             while True:  # the server may still be starting
                 try:
                     async with session.post(
