@@ -107,9 +107,10 @@ async def _run_flows(
         loop.add_signal_handler(signum, on_signal)
     names = select(flows, only)
     # Build once before connecting: a flow that cannot start should say so before anything else.
+    declared = {item.name: _lookup_not_started for item in flows.lookups}
     for flow in flows.mediation:
         if flow.name in names:
-            build_flow(flow, catalog, EventCodec(catalog))
+            build_flow(flow, catalog, EventCodec(catalog), declared)
     bootstrap = await _reachable_kafka(settings)
     click.echo(f"running {', '.join(names)} on Kafka {bootstrap}; Ctrl-C stops", err=True)
     abandoned = await run_flows(
@@ -128,6 +129,11 @@ async def _run_flows(
         )
     else:
         click.echo("stopped: in-flight work finished and committed", err=True)
+
+
+async def _lookup_not_started(**_: object) -> object:
+    """Stands in for a declared lookup while flows are built only to be checked."""
+    raise ConfigError("lookups are not started while flows are only checked")
 
 
 @main.command()

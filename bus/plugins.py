@@ -30,7 +30,8 @@ from bus.delivery.contract import Delivery
 from bus.errors import ConfigError
 from bus.events.catalog import SchemaCatalog
 from bus.events.codec import EventCodec
-from bus.flows.model import FlowSet, Inbound, KeyPath, Outbound
+from bus.flows.model import FlowSet, Inbound, KeyPath, LookupItem, Outbound
+from bus.flows.steps.enrich import Lookup
 from bus.inbound.ingest import Ingest
 
 ENTRY_POINT_GROUP = "bus.adapters"
@@ -61,6 +62,9 @@ class AdapterRuntime(Protocol):
     def add_outbound(self, item: Outbound) -> Delivery:
         """The call this outbound item makes for each event."""
 
+    def add_lookup(self, item: LookupItem) -> Lookup:
+        """The call an `enrich` step makes by this item's name."""
+
     def routes(self) -> Sequence[web.RouteDef]:
         """Routes for the shared inbound HTTP server (after every item was added)."""
 
@@ -78,6 +82,8 @@ class Adapter(Protocol):
     def check_inbound(self, item: Inbound, catalog: SchemaCatalog) -> Problems: ...
 
     def check_outbound(self, item: Outbound, catalog: SchemaCatalog) -> Problems: ...
+
+    def check_lookup(self, item: LookupItem, catalog: SchemaCatalog) -> Problems: ...
 
     def check_flows(self, flows: FlowSet, catalog: SchemaCatalog) -> list[str]:
         """Problems with settings outside the items (e.g. the publish API), as full lines."""

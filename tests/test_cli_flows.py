@@ -79,9 +79,7 @@ def test_run_refuses_a_flow_that_cannot_start_before_connecting(tmp_path: Path) 
         "    from: in.v1\n"
         "    to: out.v1\n"
         "    steps:\n"
-        "      - enrich:\n"
-        "          lookup: crm-accounts\n"
-        "          into: account\n"
+        "      - python: json:no_such_function\n"  # the module exists: only importing tells
     )
     ran = subprocess.run(
         [sys.executable, "-m", "bus", "run", str(flow)],
@@ -93,5 +91,5 @@ def test_run_refuses_a_flow_that_cannot_start_before_connecting(tmp_path: Path) 
         check=False,
     )
     assert ran.returncode == 1
-    assert f"{flow}:5:5: mediation flow 'enriched': steps[0].enrich: no lookup named" in ran.stderr
+    assert f"{flow}:5:5: mediation flow 'enriched': module 'json' has no function" in ran.stderr
     assert "does not answer" not in ran.stderr

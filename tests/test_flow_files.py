@@ -191,6 +191,7 @@ def test_json_schema_describes_the_file() -> None:
         "inbound",
         "mediation",
         "outbound",
+        "lookups",
     }
     mediation = schema["$defs"]["Mediation"]
     assert "from" in mediation["properties"]

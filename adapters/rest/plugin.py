@@ -27,10 +27,12 @@ from bus.auth.settings import (
     outbound_auth,
 )
 from bus.delivery.contract import Delivery
+from bus.errors import ConfigError
 from bus.events.catalog import SchemaCatalog
 from bus.flows.expressions import ExpressionError, compile_expression
 from bus.flows.loading import settings_problems
-from bus.flows.model import FlowSet, Inbound, KeyPath, Outbound
+from bus.flows.model import FlowSet, Inbound, KeyPath, LookupItem, Outbound
+from bus.flows.steps.enrich import Lookup
 from bus.inbound.mapping import InboundMapping
 from bus.plugins import AdapterContext, Problems
 from bus.polling.poller import ITEM_VARIABLES, Poller
@@ -84,6 +86,15 @@ class RestAdapter:
             for name, source in item.reply.map.items():
                 problems += _compiles(("reply", "map", name), source, REPLY_VARIABLES)
         return problems
+
+    def check_lookup(self, item: LookupItem, catalog: SchemaCatalog) -> Problems:
+        return [
+            (
+                (item.adapter,),
+                "the rest adapter offers no lookups yet; use a soap lookup, or a Python "
+                "function as module:function in the enrich step",
+            )
+        ]
 
     def check_flows(self, flows: FlowSet, catalog: SchemaCatalog) -> list[str]:
         problems: list[str] = []
@@ -199,6 +210,9 @@ class RestRuntime:
             auth=auth,
             call_timeout=item.timeout.total_seconds(),
         )
+
+    def add_lookup(self, item: LookupItem) -> Lookup:
+        raise ConfigError(f"{item.origin.where()}: the rest adapter offers no lookups yet")
 
     def _outbound_auth(self, config: OutboundAuthConfig | None) -> OutboundAuth | None:
         if config is None:

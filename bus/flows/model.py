@@ -856,6 +856,21 @@ class Outbound(AdapterBlock):
         return self._origin or Origin(UNKNOWN_SOURCE, ())
 
 
+# -- lookups ----------------------------------------------------------------------------------
+
+
+class LookupItem(AdapterBlock):
+    """A call an `enrich` step makes by name (e.g. a SOAP operation); its adapter key says how."""
+
+    name: FlowName = Field(description="The name `enrich.lookup` uses.")
+    timeout: Duration = duration_field("30s", "Limit of one call.")
+    _origin: Origin | None = PrivateAttr(default=None)
+
+    @property
+    def origin(self) -> Origin:
+        return self._origin or Origin(UNKNOWN_SOURCE, ())
+
+
 # -- the inbound HTTP server ------------------------------------------------------------------
 
 DEFAULT_MAX_BODY = 512 * 1024
@@ -916,8 +931,8 @@ class HttpSettings(Block):
 
 # -- files and sets ---------------------------------------------------------------------------
 
-FlowItem = Inbound | Mediation | Outbound
-SECTIONS = ("inbound", "mediation", "outbound")
+FlowItem = Inbound | Mediation | Outbound | LookupItem
+SECTIONS = ("inbound", "mediation", "outbound", "lookups")
 
 
 class FlowFile(Block):
@@ -935,6 +950,9 @@ class FlowFile(Block):
     inbound: tuple[Inbound, ...] = Field(default=(), description="External calls to events.")
     mediation: tuple[Mediation, ...] = Field(default=(), description="Events between topics.")
     outbound: tuple[Outbound, ...] = Field(default=(), description="Events to external calls.")
+    lookups: tuple[LookupItem, ...] = Field(
+        default=(), description="Calls that enrich steps make by name."
+    )
     _source: SourceMap = PrivateAttr(default=UNKNOWN_SOURCE)
 
     @classmethod
@@ -1039,3 +1057,7 @@ class FlowSet:
     @property
     def outbound(self) -> tuple[Outbound, ...]:
         return tuple(item for file in self.files for item in file.outbound)
+
+    @property
+    def lookups(self) -> tuple[LookupItem, ...]:
+        return tuple(item for file in self.files for item in file.lookups)

@@ -7,7 +7,7 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
-from bus.errors import BusError, SchemaRegistryError
+from bus.errors import BusError, SchemaRegistryError, TransientDeliveryError
 from bus.events.codec import DecodedEvent, EventCodec, KafkaRecord
 from bus.events.event import Event, now
 from bus.flows.dead_letters import DeadLetter, InputRecord, previous_attempts
@@ -47,10 +47,13 @@ def record_size(record: KafkaRecord) -> int:
     return len(record.value) + len(record.key or b"") + headers + 64
 
 
-def _raise_if_unavailable(error: BusError) -> None:
-    """A schema registry outage is no fault of the record: fail the batch, to be redone after
-    a restart, rather than dead-letter a whole stream."""
-    if isinstance(error, SchemaRegistryError) or isinstance(error.__cause__, SchemaRegistryError):
+_OUTAGES = (SchemaRegistryError, TransientDeliveryError)
+
+
+def _raise_if_unavailable(error: BaseException) -> None:
+    """An outage (the schema registry, a lookup's service) is no fault of the record: fail the
+    batch, to be redone after a restart, rather than dead-letter a whole stream."""
+    if isinstance(error, _OUTAGES) or isinstance(error.__cause__, _OUTAGES):
         raise error
 
 
@@ -132,7 +135,8 @@ class FlowProcessor:
         for step in self.steps:
             try:
                 items = [produced for item in items for produced in await step.apply(item)]
-            except Exception as error:  # any failure of one record's step dead-letters it
+            except Exception as error:  # any other failure of a record's step dead-letters it
+                _raise_if_unavailable(error)
                 raise _Failed(step.label, error) from error
         return items
 

@@ -81,7 +81,6 @@ async def run_flows(
     registry = SchemaRegistryClient(registry_url) if registry_url else None
     codec = EventCodec(catalog, registry)
     chosen = set(select(flows, only))
-    built = [build_flow(flow, catalog, codec) for flow in flows.mediation if flow.name in chosen]
     defaults = flows.topics
     created = await ensure_topics(
         bootstrap_servers,
@@ -97,6 +96,15 @@ async def run_flows(
     server: InboundServer | None = None
     try:
         context = AdapterContext(flows, catalog, codec, ingest, session, bootstrap_servers)
+        lookups = {
+            item.name: _runtime(runtimes, item.adapter, context).add_lookup(item)
+            for item in flows.lookups
+        }
+        built = [
+            build_flow(flow, catalog, codec, lookups)
+            for flow in flows.mediation
+            if flow.name in chosen
+        ]
         work: list[tuple[str, Coroutine[Any, Any, None]]] = [
             (flow.plan.name, _supervise(flow, bootstrap_servers, stop)) for flow in built
         ]

@@ -21,6 +21,7 @@ from bus.flows.model import (
     FlowFile,
     FlowSet,
     Inbound,
+    LookupItem,
     Mediation,
     Origin,
     OtherwiseRoute,
@@ -41,7 +42,9 @@ SubPath = tuple[str | int, ...]
 
 def validate_flows(flows: FlowSet, catalog: SchemaCatalog) -> list[str]:
     """Every problem of every flow, each as `<file>:<line>:<col>: <key path>: <message>`."""
-    checker = _Checker(catalog)
+    checker = _Checker(catalog, lookups={item.name for item in flows.lookups})
+    for lookup in flows.lookups:
+        checker.lookup(lookup)
     for inbound in flows.inbound:
         checker.inbound(inbound)
     for mediation in flows.mediation:
@@ -89,8 +92,9 @@ def module_findable(module: str) -> bool:
 class _Checker:
     """Collects problems while walking the flows; one method per kind of item or step."""
 
-    def __init__(self, catalog: SchemaCatalog) -> None:
+    def __init__(self, catalog: SchemaCatalog, lookups: set[str]) -> None:
         self.catalog = catalog
+        self.lookups = lookups
         self.names = catalog.names()
         self.problems: list[str] = []
 
@@ -136,7 +140,13 @@ class _Checker:
         if fields is not None:
             self.unknown_fields(origin, ("reply", "map"), reply.map, reply.type, fields)
 
-    def adapter(self, item: Inbound | Outbound) -> Adapter | None:
+    def lookup(self, item: LookupItem) -> None:
+        adapter = self.adapter(item)
+        if adapter is not None:
+            for at, message in adapter.check_lookup(item, self.catalog):
+                self.report(item.origin, at, message)
+
+    def adapter(self, item: Inbound | Outbound | LookupItem) -> Adapter | None:
         """The item's adapter; None (after reporting why) if it is not installed."""
         adapter = installed_adapters().get(item.adapter)
         if adapter is None:
@@ -166,6 +176,14 @@ class _Checker:
         elif isinstance(step, EnrichStep):
             if ":" in step.enrich.lookup:
                 self.function(origin, (*at, "enrich", "lookup"), step.enrich.lookup)
+            elif step.enrich.lookup not in self.lookups:
+                known = ", ".join(sorted(self.lookups)) or "none"
+                self.report(
+                    origin,
+                    (*at, "enrich", "lookup"),
+                    f"no lookup named {step.enrich.lookup!r} (declared in `lookups`: {known}); "
+                    "declare it under `lookups:` or name a Python function as module:function",
+                )
             self.field_map(origin, (*at, "enrich", "with"), step.enrich.with_)
         elif isinstance(step, PythonStep):
             self.function(origin, (*at, "python"), step.python)

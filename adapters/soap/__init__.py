@@ -1,0 +1,1 @@
+"""The SOAP adapter: WSDL-driven outbound calls with zeep, and inbound SOAP endpoints."""
