@@ -30,6 +30,7 @@ from bus.delivery.contract import Delivery
 from bus.errors import ConfigError
 from bus.events.catalog import SchemaCatalog
 from bus.events.codec import EventCodec
+from bus.flows.expressions import ExpressionError, compile_expression
 from bus.flows.model import FlowSet, Inbound, KeyPath, LookupItem, Outbound
 from bus.flows.steps.enrich import Lookup
 from bus.inbound.ingest import Ingest
@@ -89,6 +90,16 @@ class Adapter(Protocol):
         """Problems with settings outside the items (e.g. the publish API), as full lines."""
 
     def runtime(self, context: AdapterContext) -> AdapterRuntime: ...
+
+
+def expression_problems(at: KeyPath, source: str, variables: tuple[str, ...]) -> Problems:
+    """The problem with an expression of an adapter's settings, if it does not compile with the
+    variables the adapter gives it."""
+    try:
+        compile_expression(source, variables)
+    except ExpressionError as error:
+        return [(at, str(error))]
+    return []
 
 
 @functools.cache

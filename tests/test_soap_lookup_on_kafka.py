@@ -3,7 +3,8 @@
 The flow file declares the lookup under `lookups:`; the flow runs as `bus run` runs it. A known
 customer is enriched; an unknown one (a Client fault) is dead-lettered; while the service is
 down (a Server fault) the flow pauses and, once it is back, the record is enriched: an outage
-dead-letters nothing.
+dead-letters nothing. Without a breaker, a record whose lookup keeps failing is dead-lettered
+after its attempts, so it cannot stall its partition.
 """
 
 import asyncio
@@ -62,6 +63,7 @@ lookups:
       operation: GetCustomer
       address: {service.url}/erp/accounts
     timeout: 5s
+    circuit_breaker: {{failures: 2, reset_after: 1s}}
 mediation:
   - name: {flow}
     from: {source}
@@ -104,3 +106,54 @@ mediation:
     assert letter is not None
     assert "no customer c-unknown" in letter.error
     assert letter.step == "steps[0].enrich"
+
+
+async def test_without_a_breaker_a_lookup_that_keeps_failing_dead_letters_its_record(
+    service: SoapService, bootstrap_servers: str, tmp_path: Path
+) -> None:
+    run = uuid.uuid4().hex[:8]
+    source, target, flow = f"lookup-in-{run}", f"lookup-out-{run}", f"stubborn-{run}"
+    path = write_flow(
+        tmp_path,
+        f"""
+lookups:
+  - name: erp-customer
+    soap:
+      wsdl: {WSDL}
+      service: ErpService
+      port: ErpPort
+      operation: GetCustomer
+      address: {service.url}/erp/accounts
+    retry: {{attempts: 2, backoff: {{initial: 100ms, max: 100ms}}}}
+mediation:
+  - name: {flow}
+    from: {source}
+    steps:
+      - enrich: {{lookup: erp-customer, with: {{CustomerId: event.customerId}}, into: account}}
+      - transform:
+          to: com.acme.erp.CustomerUpsertResult
+          map:
+            customerId: event.customerId
+            erpAccountId: event.account.Customer.Name
+            outcome: '"UPDATED"'
+            processedAt: attributes.time
+    to: {target}
+""",
+    )
+    async with (
+        running_flows(path, bootstrap_servers),
+        Publisher(bootstrap_servers, CATALOG, source="/test") as publisher,
+    ):
+        for customer_id in ("c-flaky", "c-known"):  # always down, then a good one behind it
+            await publisher.publish(
+                source, "com.acme.crm.CustomerChanged", customer(customer_id), key="same-key"
+            )
+        (known,) = await decode(await read_records(bootstrap_servers, target, 1))
+        assert known.data["customerId"] == "c-known"
+    (letter,) = [
+        DeadLetter.from_headers(record.headers)
+        for record in await read_all(bootstrap_servers, f"{flow}.dlq")
+    ]
+    assert letter is not None
+    assert "gave up after 2 attempt(s)" in letter.error
+    assert "customer archive offline" in letter.error

@@ -28,7 +28,6 @@ INBOUND_VARIABLES = ("body", "query", "headers", "path")
 """What an inbound item's expressions see: the JSON body, query parameters, headers (names in
 lower case) and path parameters of the request."""
 OUTBOUND_VARIABLES = ("event", "attributes")
-REPLY_VARIABLES = ("response", "event", "attributes")
 
 _PATH = re.compile(r"/(?:[A-Za-z0-9._~!$&'()*+,;=:@-]+|\{[A-Za-z_][A-Za-z0-9_]*\}|/)*")
 

@@ -15,7 +15,6 @@ from urllib.parse import quote
 
 import aiohttp
 from multidict import CIMultiDict
-from yarl import URL
 
 from adapters.rest.config import (
     OUTBOUND_VARIABLES,
@@ -25,12 +24,18 @@ from adapters.rest.config import (
 )
 from bus.auth.outbound import OutboundAuth
 from bus.delivery.contract import Response
-from bus.errors import DeliveryError, PermanentDeliveryError, TransientDeliveryError
+from bus.errors import DeliveryError, PermanentDeliveryError
 from bus.events import json_values
 from bus.events.codec import DecodedEvent
 from bus.flows.expressions import Expression, ExpressionError, compile_expression
 from bus.flows.steps.base import attributes_of
-from bus.http.client import is_transient, parsed_body, read_limited
+from bus.http.client import (
+    credentials_error,
+    parsed_body,
+    read_limited,
+    status_error,
+    transport_error,
+)
 from bus.http.retry_after import parse_retry_after
 from bus.inbound.idempotency import HEADER as IDEMPOTENCY_HEADER
 
@@ -129,14 +134,7 @@ class RestDelivery:
             try:
                 await self.auth.apply(headers, query)
             except DeliveryError as error:
-                # No credentials is the endpoint's trouble, not the event's: a wrong client
-                # secret must open the breaker and pause, not dead-letter the whole topic.
-                raise TransientDeliveryError(
-                    f"cannot get credentials: {error.reason}",
-                    status=error.status,
-                    excerpt=error.excerpt,
-                    retry_after=getattr(error, "retry_after", None),
-                ) from error
+                raise credentials_error(error) from error
         try:
             # Redirects are not followed: the credentials would go along to wherever they point.
             async with self.session.request(
@@ -149,30 +147,16 @@ class RestDelivery:
                     headers={name.lower(): value for name, value in answer.headers.items()},
                     body=parsed_body(answer.content_type, raw),
                 )
-        except TimeoutError as error:
-            seconds = self.timeout.total
-            raise TransientDeliveryError(
-                f"no answer within {seconds:g} s from {_origin(url)}"
-            ) from error
-        except aiohttp.ClientError as error:
-            raise TransientDeliveryError(
-                f"cannot call {_origin(url)}: {type(error).__name__}: {error}"
-            ) from error
+        except (TimeoutError, aiohttp.ClientError) as error:
+            raise transport_error(error, url, self.timeout.total) from error
 
 
 def _classified(response: Response) -> Response:
     status = response.status
     if 200 <= status < 300:
         return response
-    excerpt = _excerpt(response.body)
-    if is_transient(status):
-        raise TransientDeliveryError(
-            f"HTTP {status}",
-            status=status,
-            excerpt=excerpt,
-            retry_after=parse_retry_after(response.headers.get("retry-after")),
-        )
-    raise PermanentDeliveryError(f"HTTP {status}", status=status, excerpt=excerpt)
+    retry_after = parse_retry_after(response.headers.get("retry-after"))
+    raise status_error(status, excerpt=_excerpt(response.body), retry_after=retry_after)
 
 
 def _excerpt(body: Any) -> str:
@@ -189,10 +173,3 @@ def _text(value: Any) -> str:
         return ""
     ready = json_values.json_ready(value)
     return json.dumps(ready) if isinstance(ready, dict | list) else str(ready)
-
-
-def _origin(url: str) -> str:
-    """Scheme, host and port only: a path or query may carry tokens or personal data."""
-    parsed = URL(url)
-    port = "" if parsed.explicit_port is None else f":{parsed.explicit_port}"
-    return f"{parsed.scheme}://{parsed.host}{port}"

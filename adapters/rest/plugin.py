@@ -11,7 +11,6 @@ from pydantic import ValidationError
 from adapters.rest.config import (
     INBOUND_VARIABLES,
     OUTBOUND_VARIABLES,
-    REPLY_VARIABLES,
     RestInbound,
     RestOutbound,
 )
@@ -27,14 +26,14 @@ from bus.auth.settings import (
     outbound_auth,
 )
 from bus.delivery.contract import Delivery
+from bus.delivery.replies import REPLY_VARIABLES
 from bus.errors import ConfigError
 from bus.events.catalog import SchemaCatalog
-from bus.flows.expressions import ExpressionError, compile_expression
 from bus.flows.loading import settings_problems
-from bus.flows.model import FlowSet, Inbound, KeyPath, LookupItem, Outbound
+from bus.flows.model import FlowSet, Inbound, LookupItem, Outbound
 from bus.flows.steps.enrich import Lookup
 from bus.inbound.mapping import InboundMapping
-from bus.plugins import AdapterContext, Problems
+from bus.plugins import AdapterContext, Problems, expression_problems
 from bus.polling.poller import ITEM_VARIABLES, Poller
 
 log = logging.getLogger(__name__)
@@ -60,7 +59,7 @@ class RestAdapter:
             *((("event", "map", name), text) for name, text in event.map.items()),
         ):
             if source is not None:
-                problems += _compiles(at, source, variables)
+                problems += expression_problems(at, source, variables)
         return problems
 
     def check_outbound(self, item: Outbound, catalog: SchemaCatalog) -> Problems:
@@ -74,17 +73,17 @@ class RestAdapter:
         problems: Problems = []
         key = item.adapter
         for source in settings.placeholders():
-            problems += _compiles((key, "url"), source, OUTBOUND_VARIABLES)
+            problems += expression_problems((key, "url"), source, OUTBOUND_VARIABLES)
         for section in ("headers", "query"):
             for name, source in getattr(settings, section).items():
-                problems += _compiles((key, section, name), source, OUTBOUND_VARIABLES)
+                problems += expression_problems((key, section, name), source, OUTBOUND_VARIABLES)
         if settings.body is not None:
-            problems += _compiles((key, "body"), settings.body, OUTBOUND_VARIABLES)
+            problems += expression_problems((key, "body"), settings.body, OUTBOUND_VARIABLES)
         for name, source in item.map.items():
-            problems += _compiles(("map", name), source, OUTBOUND_VARIABLES)
+            problems += expression_problems(("map", name), source, OUTBOUND_VARIABLES)
         if item.reply is not None:
             for name, source in item.reply.map.items():
-                problems += _compiles(("reply", "map", name), source, REPLY_VARIABLES)
+                problems += expression_problems(("reply", "map", name), source, REPLY_VARIABLES)
         return problems
 
     def check_lookup(self, item: LookupItem, catalog: SchemaCatalog) -> Problems:
@@ -123,14 +122,6 @@ class RestAdapter:
 
     def runtime(self, context: AdapterContext) -> "RestRuntime":
         return RestRuntime(context)
-
-
-def _compiles(at: KeyPath, source: str, variables: tuple[str, ...]) -> Problems:
-    try:
-        compile_expression(source, variables)
-    except ExpressionError as error:
-        return [(at, str(error))]
-    return []
 
 
 def _route_conflicts(flows: FlowSet) -> list[str]:

@@ -675,8 +675,7 @@ class SoapEndpoint:
                 raise _unauthenticated(refused) from None
         envelope = read_envelope(raw, media)
         call.version = envelope.version
-        if self.wsse is not None:
-            self._verify_wsse(envelope)
+        nonce = self._verify_wsse(envelope) if self.wsse is not None else None
         served, binding = self._dispatch(request, envelope)
         self._check_must_understand(envelope, binding)
         body = self._body(envelope, served, binding)
@@ -701,12 +700,23 @@ class SoapEndpoint:
                 ],
                 body_fault=True,
             ) from None
-        await self._store(served, event)
-        if binding.one_way:
-            return web.Response(status=202)
-        return self._respond(served, binding, event)
+        # The response is made before the event is stored: a response mapping that fails must
+        # not leave a stored event behind a fault (the caller would send it again, a new event).
+        answer = (
+            web.Response(status=202) if binding.one_way else self._respond(served, binding, event)
+        )
+        try:
+            await self._store(served, event)
+        except BaseException:
+            # Not stored: the caller is told to send it again, and may send the very same
+            # envelope; its nonce must not then count as a replay.
+            if nonce is not None and self.wsse is not None:
+                self.wsse.nonces.forget(*nonce)
+            raise
+        return answer
 
-    def _verify_wsse(self, envelope: Envelope) -> None:
+    def _verify_wsse(self, envelope: Envelope) -> tuple[str, bytes] | None:
+        """The user and nonce that authenticated (None without a nonce); a Fault otherwise."""
         assert self.wsse is not None  # noqa: S101 -- called only with wsse set
         blocks = [block for block in envelope.blocks_for_us() if block.tag == SECURITY]
         if len(blocks) > 1:
@@ -716,9 +726,10 @@ class SoapEndpoint:
                 "unauthenticated",
             )
         try:
-            self.wsse.verify(blocks[0] if blocks else None, now=time.time())
+            user, nonce = self.wsse.verify_token(blocks[0] if blocks else None, now=time.time())
         except AuthenticationError as refused:
             raise _unauthenticated(refused) from None
+        return None if nonce is None else (user, nonce)
 
     def _dispatch(self, request: web.Request, envelope: Envelope) -> tuple[_Served, _Binding]:
         version = envelope.version
@@ -868,15 +879,10 @@ class SoapEndpoint:
                 if not self.schema.validate(element):
                     raise ValueError(str(next(iter(self.schema.error_log)).message))
         except (ExpressionError, zeep.exceptions.Error, ValueError, TypeError) as error:
-            log.error(
-                "%s: event %s stored, but its response failed: %s",
-                served.item.name,
-                event.id,
-                error,
-            )
+            log.error("%s: the response to event %s failed: %s", served.item.name, event.id, error)
             raise receiver_fault(
-                f"the event {event.id} was stored, but the response message could not be made "
-                f"({error}); the response mapping of inbound {served.item.name} needs fixing",
+                f"the response message could not be made ({error}), so the event was not "
+                f"stored; the response mapping of inbound {served.item.name} needs fixing",
                 "response-failed",
             ) from None
         body: bytes = etree.tostring(envelope, xml_declaration=True, encoding="utf-8")

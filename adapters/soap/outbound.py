@@ -102,7 +102,7 @@ from bus.flows.expressions import Expression, ExpressionError, compile_expressio
 from bus.flows.model import Block, Duration, duration_field
 from bus.flows.model import Expression as ExpressionText
 from bus.flows.steps.base import attributes_of
-from bus.http.client import is_transient
+from bus.http.client import credentials_error, status_error, transport_error
 from bus.http.retry_after import parse_retry_after
 from bus.inbound.idempotency import HEADER as IDEMPOTENCY_HEADER
 
@@ -444,24 +444,12 @@ class SoapCall:
             try:
                 await self.auth.apply(headers, query)
             except DeliveryError as error:
-                # No credentials is the endpoint's trouble, not the event's (as for REST).
-                raise TransientDeliveryError(
-                    f"cannot get credentials: {error.reason}",
-                    status=error.status,
-                    excerpt=error.excerpt,
-                    retry_after=getattr(error, "retry_after", None),
-                ) from error
+                raise credentials_error(error) from error
         address = str(URL(self.address).update_query(query)) if query else self.address
         try:
             return await self.transport.send(address, message, headers, seconds=self.seconds)
-        except TimeoutError as error:
-            raise TransientDeliveryError(
-                f"no answer within {self.seconds:g} s from {_origin(self.address)}"
-            ) from error
-        except aiohttp.ClientError as error:
-            raise TransientDeliveryError(
-                f"cannot call {_origin(self.address)}: {type(error).__name__}: {error}"
-            ) from error
+        except (TimeoutError, aiohttp.ClientError) as error:
+            raise transport_error(error, self.address, self.seconds) from error
         except ResponseTooLargeError as error:
             raise PermanentDeliveryError(str(error), status=error.status) from error
 
@@ -482,11 +470,7 @@ class SoapCall:
         if fault is not None:
             raise fault_error(fault, status=status, retry_after=retry_after)
         if not 200 <= status < 300:
-            if is_transient(status):
-                raise TransientDeliveryError(
-                    f"HTTP {status}", status=status, excerpt=excerpt, retry_after=retry_after
-                )
-            raise PermanentDeliveryError(f"HTTP {status}", status=status, excerpt=excerpt)
+            raise status_error(status, excerpt=excerpt, retry_after=retry_after)
         if not reply.content.strip():
             return Response(status=status, headers=headers, body=None)
         envelope = f"{{{self.info.envelope_namespace}}}Envelope"
@@ -667,10 +651,3 @@ def _zeep_problem(error: BaseException) -> str:
     """zeep's message, on one line and not too long (a signature can be long)."""
     message = re.sub(r"\s+", " ", str(error) or type(error).__name__).strip()
     return message[:EXCERPT_CHARS]
-
-
-def _origin(url: str) -> str:
-    """Scheme, host and port only: a path or query may carry tokens or personal data."""
-    parsed = URL(url)
-    port = "" if parsed.explicit_port is None else f":{parsed.explicit_port}"
-    return f"{parsed.scheme}://{parsed.host}{port}"

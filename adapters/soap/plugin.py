@@ -25,15 +25,14 @@ from adapters.soap.wsdl import load_wsdl
 from bus.auth.outbound import OutboundAuth
 from bus.auth.settings import OutboundAuthConfig, outbound_auth
 from bus.delivery.contract import Delivery
+from bus.delivery.replies import REPLY_VARIABLES
 from bus.errors import ConfigError
 from bus.events.catalog import SchemaCatalog
-from bus.flows.expressions import ExpressionError, compile_expression
 from bus.flows.loading import settings_problems
-from bus.flows.model import FlowSet, Inbound, KeyPath, LookupItem, Outbound
+from bus.flows.model import FlowSet, Inbound, LookupItem, Outbound
 from bus.flows.steps.enrich import Lookup
-from bus.plugins import AdapterContext, Problems
+from bus.plugins import AdapterContext, Problems, expression_problems
 
-REPLY_VARIABLES = ("response", "event", "attributes")
 Item = TypeVar("Item", Inbound, Outbound, LookupItem)
 
 
@@ -58,10 +57,10 @@ class SoapAdapter:
     def check_outbound(self, item: Outbound, catalog: SchemaCatalog) -> Problems:
         problems = self._check_call(located(item), headers=OUTBOUND_VARIABLES, fields=item.map)
         for name, source in item.map.items():
-            problems += _compiles(("map", name), source, OUTBOUND_VARIABLES)
+            problems += expression_problems(("map", name), source, OUTBOUND_VARIABLES)
         if item.reply is not None:
             for name, source in item.reply.map.items():
-                problems += _compiles(("reply", "map", name), source, REPLY_VARIABLES)
+                problems += expression_problems(("reply", "map", name), source, REPLY_VARIABLES)
         return problems
 
     def check_lookup(self, item: LookupItem, catalog: SchemaCatalog) -> Problems:
@@ -86,7 +85,7 @@ class SoapAdapter:
             ]
         problems: Problems = []
         for name, source in settings.headers.items():
-            problems += _compiles((key, "headers", name), source, headers)
+            problems += expression_problems((key, "headers", name), source, headers)
         try:
             info = load_wsdl(settings.wsdl).operation(
                 settings.operation, service=settings.service, port=settings.port
@@ -98,14 +97,6 @@ class SoapAdapter:
                 (("map", name), problem) for name, problem in request_problems(info, list(fields))
             ]
         return problems
-
-
-def _compiles(at: KeyPath, source: str, variables: tuple[str, ...]) -> Problems:
-    try:
-        compile_expression(source, variables)
-    except ExpressionError as error:
-        return [(at, str(error))]
-    return []
 
 
 class SoapRuntime:

@@ -106,6 +106,10 @@ class NonceCache:
         self._expiry[key] = now + self.ttl
         return True
 
+    def forget(self, user: str, nonce: bytes) -> None:
+        """Let the nonce be used again: its message was refused after all (nothing stored)."""
+        self._expiry.pop(self._key(user, nonce), None)
+
     def _purge(self, now: float) -> None:
         while self._expiry:
             key, expires = next(iter(self._expiry.items()))
@@ -154,7 +158,12 @@ class UsernameTokenAuth:
         return f"UsernameTokenAuth(users=<{len(self._users)}>, tolerance={self.tolerance:g})"
 
     def verify(self, security: XmlElement | None, *, now: float) -> str:
-        """Return the user name that authenticated, or raise AuthenticationError."""
+        """The user the header proves; AuthenticationError otherwise."""
+        return self.verify_token(security, now=now)[0]
+
+    def verify_token(self, security: XmlElement | None, *, now: float) -> tuple[str, bytes | None]:
+        """The user the header proves and its nonce (remembered from now on: `nonces.forget`
+        it if the message is refused after all); AuthenticationError otherwise."""
         if security is None:
             _refuse("no wsse:Security header: a WS-Security UsernameToken is required")
         for timestamp in _children(security, WSU_NS, "Timestamp", at_most=1, where="wsse:Security"):
@@ -192,7 +201,7 @@ class UsernameTokenAuth:
             _refuse("wrong user name or password")
         if nonce is not None and not self.nonces.remember(matched, nonce, now=now):
             _refuse("the Nonce was used before: a message is accepted once (replayed?)")
-        return matched
+        return matched, nonce
 
     def _match(self, user: str, expected: Callable[[bytes], bytes], given: bytes) -> str | None:
         """The configured user matching `user` whose expected credential is `given`."""

@@ -863,7 +863,22 @@ class LookupItem(AdapterBlock):
     """A call an `enrich` step makes by name (e.g. a SOAP operation); its adapter key says how."""
 
     name: FlowName = Field(description="The name `enrich.lookup` uses.")
-    timeout: Duration = duration_field("30s", "Limit of one call.")
+    timeout: Duration = duration_field("10s", "Limit of one call.")
+    # Short by default: a lookup's retries happen inside a flow's batch, which has a deadline.
+    retry: Retry = Field(
+        default_factory=lambda: Retry(
+            attempts=3,
+            backoff=Backoff(initial=timedelta(milliseconds=200), max=timedelta(seconds=2)),
+        ),
+        description="Retries of a call that failed transiently; then the record is "
+        "dead-lettered. Default: 3 attempts, 200ms to 2s apart.",
+    )
+    circuit_breaker: CircuitBreaker | None = Field(
+        default=None,
+        description="After this many failures in a row the service is taken as down: the flow "
+        "waits (its batch is redone later) instead of dead-lettering records.",
+    )
+    rate_limit: RateLimitSpec | None = Field(default=None, description="At most N calls per time.")
     _origin: Origin | None = PrivateAttr(default=None)
 
     @property

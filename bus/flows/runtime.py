@@ -20,12 +20,17 @@ from bus.events.catalog import SchemaCatalog
 from bus.events.codec import EventCodec
 from bus.events.registry import SchemaRegistryClient
 from bus.flows.build import BuiltFlow, build_flow, output_topics
-from bus.flows.model import FlowSet, HttpSettings, Inbound, Mediation, Outbound
+from bus.flows.model import FlowSet, HttpSettings, Inbound, LookupItem, Mediation, Outbound
 from bus.flows.runner import BatchTooSlowError, FlowRunner
+from bus.flows.steps.enrich import Lookup
 from bus.flows.topics import ensure_topics
 from bus.inbound.ingest import Ingest
 from bus.inbound.server import InboundServer
 from bus.plugins import AdapterContext, AdapterRuntime, adapter_named, installed_adapters
+from bus.resilience.circuit_breaker import breaker_from
+from bus.resilience.guarded_lookup import GuardedLookup
+from bus.resilience.rate_limit import limiter_from
+from bus.resilience.retry import policy_from
 
 log = logging.getLogger(__name__)
 RESTART_BACKOFF = (1.0, 30.0)  # first and longest wait before a failed flow starts again
@@ -96,8 +101,8 @@ async def run_flows(
     server: InboundServer | None = None
     try:
         context = AdapterContext(flows, catalog, codec, ingest, session, bootstrap_servers)
-        lookups = {
-            item.name: _runtime(runtimes, item.adapter, context).add_lookup(item)
+        lookups: dict[str, Lookup] = {
+            item.name: _guarded(item, _runtime(runtimes, item.adapter, context).add_lookup(item))
             for item in flows.lookups
         }
         built = [
@@ -181,6 +186,16 @@ async def _open_server(
     server = InboundServer(http.host, http.port, routes)
     await server.start()
     return server
+
+
+def _guarded(item: LookupItem, lookup: Lookup) -> Lookup:
+    return GuardedLookup(
+        item.name,
+        lookup,
+        policy_from(item.retry),
+        breaker_from(item.circuit_breaker) if item.circuit_breaker else None,
+        limiter_from(item.rate_limit) if item.rate_limit else None,
+    )
 
 
 def _runtime(

@@ -5,6 +5,9 @@ import json
 from typing import Any
 
 import aiohttp
+from yarl import URL
+
+from bus.errors import DeliveryError, PermanentDeliveryError, TransientDeliveryError
 
 _TRANSIENT = frozenset({408, 425, 429})
 # 5xx that no retry changes: the server says it cannot do this at all.
@@ -47,3 +50,43 @@ def parsed_body(content_type: str, raw: bytes) -> Any:
         except (ValueError, RecursionError):
             pass
     return raw.decode("utf-8", errors="replace")
+
+
+def origin(url: str) -> str:
+    """Scheme, host and port only, for messages: a path or query may carry tokens or personal
+    data."""
+    parsed = URL(url)
+    port = "" if parsed.explicit_port is None else f":{parsed.explicit_port}"
+    return f"{parsed.scheme}://{parsed.host}{port}"
+
+
+def status_error(
+    status: int, *, excerpt: str = "", retry_after: float | None = None
+) -> DeliveryError:
+    """The failure a non-2xx answer (without anything more specific in it) means."""
+    if is_transient(status):
+        return TransientDeliveryError(
+            f"HTTP {status}", status=status, excerpt=excerpt, retry_after=retry_after
+        )
+    return PermanentDeliveryError(f"HTTP {status}", status=status, excerpt=excerpt)
+
+
+def transport_error(
+    error: BaseException, url: str, seconds: float | None
+) -> TransientDeliveryError:
+    """A call that got no answer (a timeout, a refused or broken connection): worth retrying."""
+    if isinstance(error, TimeoutError):
+        return TransientDeliveryError(f"no answer within {seconds:g} s from {origin(url)}")
+    return TransientDeliveryError(f"cannot call {origin(url)}: {type(error).__name__}: {error}")
+
+
+def credentials_error(error: DeliveryError) -> TransientDeliveryError:
+    """Credentials that could not be had (a token endpoint refusing or down) are the endpoint's
+    trouble, not the event's: a wrong client secret must open the breaker and pause the
+    delivery, not dead-letter the whole topic."""
+    return TransientDeliveryError(
+        f"cannot get credentials: {error.reason}",
+        status=error.status,
+        excerpt=error.excerpt,
+        retry_after=getattr(error, "retry_after", None),
+    )
