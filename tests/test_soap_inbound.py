@@ -142,6 +142,18 @@ def crm_items(topic: str) -> list[Inbound]:
             customer,
         ),
         item(
+            "notify-wsse-too",  # another path, the same users: one nonce memory
+            topic,
+            {
+                "path": "/soap/crm-wsse-too",
+                "wsdl": CRM_WSDL,
+                "operation": "NotifyCustomer",
+                "response": notify_response,
+                "auth": {"wsse": {"users": {"crm": PASSWORD}, "tolerance": "5m"}},
+            },
+            customer,
+        ),
+        item(
             "cxf-update",
             topic,
             {"path": "/soap/cxf", "wsdl": CXF_WSDL, "operation": "updateCustomer"},
@@ -974,6 +986,16 @@ async def test_a_replayed_digest_is_refused(soap: Soap) -> None:
     code, reason, _ = again.fault()
     assert code == "soap:Client"
     assert "the Nonce was used before" in reason
+
+
+async def test_a_digest_replayed_on_another_path_is_refused_too(soap: Soap) -> None:
+    raw = envelope(notification("c-replay-2"), header=username_token(PASSWORD, digest=True))
+    first = await soap.post("/soap/crm-wsse", raw, soap11_headers(NOTIFY))
+    assert response_values(first)["CustomerId"] == "c-replay-2"
+    elsewhere = await soap.nothing_stored_by(
+        soap.post("/soap/crm-wsse-too", raw, soap11_headers(NOTIFY))
+    )
+    assert "the Nonce was used before" in elsewhere.fault()[1]
 
 
 def test_usernametoken_digest_is_the_profiles_formula() -> None:

@@ -982,10 +982,29 @@ def soap_routes(
     for item, settings in items:
         by_path.setdefault(settings.path, []).append((item, settings))
     routes: list[web.RouteDef] = []
+    verifiers: dict[object, UsernameTokenAuth] = {}
     for path, members in by_path.items():
-        endpoint = build_endpoint(path, members, ingest=ingest, catalog=catalog)
+        endpoint = build_endpoint(
+            path, members, ingest=ingest, catalog=catalog, verifiers=verifiers
+        )
         routes += [web.get(path, endpoint.handle_get), web.post(path, endpoint.handle_post)]
     return routes
+
+
+def _verifier(
+    settings: WsseInbound, verifiers: dict[object, UsernameTokenAuth] | None
+) -> UsernameTokenAuth:
+    """One verifier (one nonce memory) for all paths with the same users: a captured header
+    replayed on another path is a replay too."""
+    if verifiers is None:
+        return settings.build()
+    key = (
+        tuple(sorted((user, secret.get_secret_value()) for user, secret in settings.users.items())),
+        settings.tolerance,
+    )
+    if key not in verifiers:
+        verifiers[key] = settings.build()
+    return verifiers[key]
 
 
 def _same_setting(key: str, one: SoapInbound, other: SoapInbound) -> bool:
@@ -1000,6 +1019,7 @@ def build_endpoint(
     *,
     ingest: Ingest,
     catalog: SchemaCatalog,
+    verifiers: dict[object, UsernameTokenAuth] | None = None,
 ) -> SoapEndpoint:
     """The endpoint at `path` serving `members` (all with that path)."""
     first_item, first = members[0]
@@ -1034,7 +1054,7 @@ def build_endpoint(
             wsdl=load_wsdl(first.wsdl),
             served=served,
             basic=auth.basic.build() if auth is not None and auth.basic is not None else None,
-            wsse=auth.wsse.build() if auth is not None and auth.wsse is not None else None,
+            wsse=_verifier(auth.wsse, verifiers) if auth is not None and auth.wsse else None,
             max_body=first.max_body,
             ingest=ingest,
             catalog=catalog,
