@@ -92,6 +92,15 @@ class SoapAdapter:
             )
         except ConfigError as error:
             return [*problems, ((key, "operation"), str(error))]
+        address = settings.address or info.address
+        if not address or not address.startswith(("http://", "https://")):
+            problems.append(
+                (
+                    (key, "address"),
+                    f"the WSDL gives port {info.port} no http(s) address ({address or 'none'}); "
+                    "set soap.address",
+                )
+            )
         if fields:
             problems += [
                 (("map", name), problem) for name, problem in request_problems(info, list(fields))

@@ -1,4 +1,5 @@
-"""Mistakes in `rest` items are found by `bus validate`, each with its file, line and key path."""
+"""Mistakes in adapter items (rest, soap, lookups) are found by `bus validate`, each with its file,
+line and key path."""
 
 import textwrap
 from pathlib import Path
@@ -150,3 +151,27 @@ def test_secrets_do_not_show_in_problems(tmp_path: Path) -> None:
     assert found
     assert "topsecret" not in found
     assert "12345678" not in found
+
+
+def test_soap_items_are_checked_against_their_wsdl(tmp_path: Path) -> None:
+    wsdl = ROOT / "tests" / "data" / "wsdl" / "erp-accounts.wsdl"
+    text = f"""
+    lookups:
+      - name: erp
+        soap: {{wsdl: {wsdl}, service: ErpService, port: ErpPort, operation: GetCustomr}}
+    outbound:
+      - name: out
+        from: t
+        soap: {{wsdl: {wsdl}, service: ErpService, port: ErpPort, operation: UpsertCustomer}}
+        map: {{CustomerIdd: event.customerId}}
+    mediation:
+      - name: flow
+        from: t
+        to: u
+        steps:
+          - enrich: {{lookup: erp-missing, with: {{CustomerId: event.customerId}}, into: account}}
+    """
+    found = problems(tmp_path, text)
+    assert any("lookups[0].soap.operation" in p and "GetCustomer" in p for p in found), found
+    assert any("outbound[0].map.CustomerIdd" in p for p in found), found
+    assert any("no lookup named 'erp-missing'" in p and "erp" in p for p in found), found
