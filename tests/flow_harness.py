@@ -2,7 +2,11 @@
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Mapping
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import AsyncIterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -102,3 +106,36 @@ async def decode(records: list[ConsumerRecord]) -> list[Event]:
 
 def headers_of(record: ConsumerRecord) -> Mapping[str, Any]:
     return {name: value.decode() for name, value in record.headers}
+
+
+def _start_bus_run(flow: Path, log: Path, environ: Mapping[str, str]) -> "subprocess.Popen[bytes]":
+    return subprocess.Popen(
+        [sys.executable, "-m", "bus", "run", str(flow), "--shutdown-grace", "10"],
+        env={**os.environ, "BUS_SCHEMAS_DIR": str(ROOT / "schemas"), **environ},
+        cwd="/",  # files a flow names are found next to it, not in the current directory
+        stdout=subprocess.DEVNULL,
+        stderr=log.open("wb"),
+    )
+
+
+@contextlib.asynccontextmanager
+async def bus_run_process(
+    flow: Path, log: Path, *, secrets: Sequence[str] = (), **environ: str
+) -> AsyncIterator[None]:
+    """`bus run FLOW` in a process of its own while inside; leaving sends SIGTERM and checks
+    that it stopped cleanly, having committed its work, with none of `secrets` in its log."""
+    process = _start_bus_run(flow, log, environ)
+    try:
+        yield
+    finally:
+        process.send_signal(signal.SIGTERM)
+        try:
+            code = await asyncio.to_thread(process.wait, 60)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            raise
+        text = await asyncio.to_thread(log.read_text)
+        assert code == 0, text
+        assert "stopped: in-flight work finished and committed" in text, text
+        for secret in secrets:
+            assert secret not in text

@@ -11,11 +11,7 @@ tests/test_delivery_on_kafka.py; here, what the REST adapter adds.
 import asyncio
 import hmac
 import json
-import os
 import re
-import signal
-import subprocess
-import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -25,7 +21,7 @@ import pytest
 
 from bus.flows.dead_letters import DeadLetter
 from tests.conftest import free_port
-from tests.flow_harness import decode, read_all
+from tests.flow_harness import bus_run_process, decode, read_all
 from tests.rest_sink import CLIENT_SECRET, RestSink
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -41,44 +37,23 @@ async def sink() -> AsyncIterator[RestSink]:
     await sink.stop()
 
 
-def start_bus(log: Path, **environ: str) -> subprocess.Popen[bytes]:
-    return subprocess.Popen(
-        [sys.executable, "-m", "bus", "run", str(EXAMPLE), "--shutdown-grace", "10"],
-        env={**os.environ, "BUS_SCHEMAS_DIR": str(ROOT / "schemas"), **environ},
-        stdout=subprocess.DEVNULL,
-        stderr=log.open("wb"),
-    )
-
-
 @pytest.fixture(scope="module")
 async def webhook(
     sink: RestSink, bootstrap_servers: str, tmp_path_factory: pytest.TempPathFactory
 ) -> AsyncIterator[str]:
     """The example, run as the docs say: `bus run examples/rest/webhook-to-rest.yaml`."""
     port = free_port()
-    log = tmp_path_factory.mktemp("bus-run") / "bus.log"
-    process = start_bus(
-        log,
+    async with bus_run_process(
+        EXAMPLE,
+        tmp_path_factory.mktemp("bus-run") / "bus.log",
+        secrets=(SECRET, CLIENT_SECRET),
         KAFKA_BOOTSTRAP_SERVERS=bootstrap_servers,
         BUS_HTTP_PORT=str(port),
         CRM_WEBHOOK_SECRET=SECRET,
         BILLING_URL=sink.url,
         BILLING_CLIENT_SECRET=CLIENT_SECRET,
-    )
-    try:
+    ):
         yield f"http://127.0.0.1:{port}/hooks/crm/customers"
-    finally:
-        process.send_signal(signal.SIGTERM)
-        try:
-            code = await asyncio.to_thread(process.wait, 60)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            raise
-        text = log.read_text()
-        assert code == 0, text
-        assert "stopped: in-flight work finished and committed" in text
-        assert SECRET not in text
-        assert CLIENT_SECRET not in text
 
 
 async def send(url: str, customer: str, **extra: Any) -> str:

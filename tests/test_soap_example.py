@@ -10,11 +10,7 @@ its faultcode and detail; a Server fault is retried.
 import asyncio
 import base64
 import hashlib
-import os
 import re
-import signal
-import subprocess
-import sys
 from collections import Counter
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -27,7 +23,7 @@ from lxml import etree
 
 from bus.flows.dead_letters import DeadLetter
 from tests.conftest import free_port
-from tests.flow_harness import decode, read_all
+from tests.flow_harness import bus_run_process, decode, read_all
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = ROOT / "examples" / "soap" / "rest-to-soap.yaml"
@@ -121,43 +117,22 @@ async def erp() -> AsyncIterator[Erp]:
     await runner.cleanup()
 
 
-def start_bus(log: Path, **environ: str) -> subprocess.Popen[bytes]:
-    return subprocess.Popen(
-        [sys.executable, "-m", "bus", "run", str(EXAMPLE), "--shutdown-grace", "10"],
-        env={**os.environ, "BUS_SCHEMAS_DIR": str(ROOT / "schemas"), **environ},
-        cwd="/",  # the WSDL is found next to the flow file, not in the current directory
-        stdout=subprocess.DEVNULL,
-        stderr=log.open("wb"),
-    )
-
-
 @pytest.fixture(scope="module")
 async def webhook(
     erp: Erp, bootstrap_servers: str, tmp_path_factory: pytest.TempPathFactory
 ) -> AsyncIterator[str]:
     port = free_port()
-    log = tmp_path_factory.mktemp("bus-run") / "bus.log"
-    process = start_bus(
-        log,
+    async with bus_run_process(
+        EXAMPLE,
+        tmp_path_factory.mktemp("bus-run") / "bus.log",
+        secrets=(PASSWORD, API_KEY),
         KAFKA_BOOTSTRAP_SERVERS=bootstrap_servers,
         BUS_HTTP_PORT=str(port),
         CRM_API_KEY=API_KEY,
         ERP_URL=erp.url,
         ERP_PASSWORD=PASSWORD,
-    )
-    try:
+    ):
         yield f"http://127.0.0.1:{port}/hooks/crm/customers"
-    finally:
-        process.send_signal(signal.SIGTERM)
-        try:
-            code = await asyncio.to_thread(process.wait, 60)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            raise
-        text = log.read_text()
-        assert code == 0, text
-        assert PASSWORD not in text
-        assert API_KEY not in text
 
 
 async def send(url: str, customer: str) -> str:
