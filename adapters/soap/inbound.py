@@ -73,7 +73,7 @@ import zeep.exceptions
 from aiohttp import web
 from lxml import etree  # type: ignore[import-untyped]
 from pydantic import ConfigDict, Field, ValidationError
-from zeep import helpers, loader
+from zeep import loader
 from zeep.xsd import context as xsd_context
 
 from adapters.soap.envelope import (
@@ -89,6 +89,7 @@ from adapters.soap.envelope import (
     soap_action_header,
     version_of_media_type,
 )
+from adapters.soap.outbound import plain
 from adapters.soap.wsdl import PortInfo, WsdlDocument, load_wsdl
 from bus.auth.basic import BasicAuth
 from bus.auth.settings import AuthBlock, BasicInbound, OneOf, Secret, UserName
@@ -120,7 +121,6 @@ log = logging.getLogger(__name__)
 
 # zeep is untyped at these edges: the names are the boundary, typed as Any on purpose.
 _absolute_location: Any = loader.absolute_location
-_serialize_object: Any = helpers.serialize_object
 _XmlParserContext: Any = xsd_context.XmlParserContext
 
 INBOUND_VARIABLES = ("body", "headers")
@@ -834,7 +834,7 @@ class SoapEndpoint:
                 "invalid-request",
                 body_fault=True,
             ) from None
-        return _plain(_serialize_object(value, dict))
+        return plain(value)
 
     def _event_id(self, request: web.Request, envelope: Envelope, name: str) -> str:
         key = request.headers.get(idempotency.HEADER)
@@ -933,17 +933,6 @@ def _message_id(envelope: Envelope) -> str | None:
                 )
             return str(text)
     return None
-
-
-def _plain(value: Any) -> Any:
-    """zeep's values as expressions take them: xs:any content (lxml elements) as XML text."""
-    if isinstance(value, dict):
-        return {str(key): _plain(item) for key, item in value.items()}
-    if isinstance(value, list | tuple):
-        return [_plain(item) for item in value]
-    if isinstance(value, etree._Element):
-        return etree.tostring(value, encoding="unicode")
-    return value
 
 
 def _public_url(request: web.Request, path: str) -> str:
