@@ -13,6 +13,7 @@ import contextlib
 import logging
 from collections.abc import Mapping
 
+from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError, MessageSizeTooLargeError
 
 from bus.errors import BusError, SchemaRegistryError
@@ -52,19 +53,21 @@ class Ingest:
         # A send that outlives the answer could still be written after the 503: bound the
         # producer's own wait by the deadline, so that it rarely does (the id makes it harmless
         # when the caller retries with its Idempotency-Key).
-        options = {"request_timeout_ms": int(deadline * 1000), **producer_options}
-        self._producer = durable_producer(bootstrap_servers, **options)
+        self._bootstrap_servers = bootstrap_servers
+        self._options = {"request_timeout_ms": int(deadline * 1000), **producer_options}
+        self._producer: AIOKafkaProducer | None = None  # made by start: many runs need none
         self._started = asyncio.Event()
         self._connecting: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
-        self._connecting = asyncio.create_task(self._connect())
+        self._producer = durable_producer(self._bootstrap_servers, **self._options)
+        self._connecting = asyncio.create_task(self._connect(self._producer))
 
-    async def _connect(self) -> None:
+    async def _connect(self, producer: AIOKafkaProducer) -> None:
         wait = 0.5
         while True:
             try:
-                await self._producer.start()
+                await producer.start()
             except KafkaError as error:
                 log.warning("inbound producer cannot reach Kafka yet (%s); retrying", error)
                 await asyncio.sleep(wait)
@@ -87,13 +90,13 @@ class Ingest:
             self._connecting.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._connecting
-        if self._started.is_set():
+        if self._producer is not None:
             await self._producer.stop()
 
     async def store(self, topic: str, event: Event, trace: Mapping[str, str] | None = None) -> None:
         """Return once Kafka acknowledged `event` on `topic`, or raise
         StorageUnavailableError within the deadline."""
-        if not self._started.is_set():
+        if self._producer is None or not self._started.is_set():
             raise StorageUnavailableError(
                 f"Kafka is not reachable yet; event {event.id} was not stored"
             )
