@@ -681,3 +681,20 @@ async def test_a_decimal_beyond_its_precision_is_refused_when_writing() -> None:
     event = Event(type=schema.full_name, data={"amount": Decimal("1E+30"), "currency": "EUR"})
     with pytest.raises(EventValidationError, match=r"amount"):
         await EventCodec(CATALOG).encode(event)
+
+
+@pytest.mark.parametrize(
+    ("given", "stored"), [("12.500", "12.50"), ("12.5", "12.50"), ("7", "7.00")]
+)
+async def test_a_decimal_with_trailing_zeros_is_written_at_its_scale(
+    given: str, stored: str
+) -> None:
+    """ "12.500" is 12.50 exactly: validation writes it at the schema's scale (the Avro writer
+    refuses a longer exponent), instead of a failure after validation passed."""
+    version = CATALOG.current("com.acme.common.Money")
+    data = validated(version, {"amount": given, "currency": "EUR"})
+    event = Event(type="com.acme.common.Money", data=data, source="/test")
+    codec = EventCodec(CATALOG)
+    record = await codec.encode(event)
+    decoded = await codec.decode(record.key, record.value, record.headers)
+    assert str(decoded.event.data["amount"]) == stored

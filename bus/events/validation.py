@@ -12,7 +12,7 @@ from decimal import Decimal
 from typing import Annotated, Any, Literal, Optional, Union
 from uuid import UUID
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, create_model
 from pydantic.json_schema import PydanticJsonSchemaWarning
 
 from bus.errors import EventValidationError, SchemaError
@@ -175,7 +175,13 @@ def _build_complex(schema: dict[str, Any], models: dict[str, Any]) -> Any:
     result: Any
     if logical == "decimal":
         places = schema.get("scale", 0)
-        result = Annotated[Decimal, Field(max_digits=schema["precision"], decimal_places=places)]
+        result = Annotated[
+            Decimal,
+            Field(max_digits=schema["precision"], decimal_places=places),
+            # "12.500" has no more places than scale 2 in value, but the Avro writer refuses
+            # its exponent: the same number, written at the schema's scale.
+            AfterValidator(lambda value: value.quantize(Decimal(1).scaleb(-places))),
+        ]
     elif logical in _LOGICAL:
         result = _LOGICAL[logical]
     elif kind in ("record", "error"):
