@@ -13,6 +13,7 @@ from pathlib import Path
 import psutil
 import pytest
 
+from bus.local_kafka.broker import new_cluster_id
 from bus.local_kafka.distribution import _java_major
 from bus.local_kafka.readiness import answers_metadata
 from tests.conftest import ROOT, free_port, free_ports, kafka_cache_dir
@@ -273,3 +274,9 @@ def bus_stop(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
 )
 def test_java_major_version(output: str, major: int | None) -> None:
     assert _java_major(output) == major
+
+
+def test_cluster_ids_never_look_like_an_option() -> None:
+    ids = [new_cluster_id() for _ in range(5000)]  # about 78 would start with '-' by chance
+    assert all(len(cluster_id) == 22 and not cluster_id.startswith("-") for cluster_id in ids)
+    assert len(set(ids)) == len(ids)

@@ -174,7 +174,7 @@ class LocalKafka:
             f"{libs}/*",
         ]
         if not (self.data_dir / "meta.properties").exists():
-            cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+            cluster_id = new_cluster_id()
             formatted = subprocess.run(
                 [
                     *classpath,
@@ -316,3 +316,13 @@ def _die_with_parent() -> None:
     """Runs in the child before exec: have Linux send SIGTERM when the parent dies."""
     if sys.platform == "linux":
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+def new_cluster_id() -> str:
+    """A random KRaft cluster id, as Kafka's own Uuid.randomUuid makes them: URL-safe base64 of
+    16 random bytes that does not start with '-' (the storage tool would read it as an option:
+    one start in 64 failed with "argument --cluster-id: expected one argument")."""
+    while True:
+        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        if not cluster_id.startswith("-"):
+            return cluster_id
