@@ -46,13 +46,13 @@ def customer(customer_id: str) -> dict[str, object]:
     }
 
 
-async def test_a_soap_lookup_enriches_dead_letters_and_waits_out_an_outage(
-    service: SoapService, bootstrap_servers: str, tmp_path: Path
-) -> None:
-    run = uuid.uuid4().hex[:8]
-    source, target, flow = f"lookup-in-{run}", f"lookup-out-{run}", f"enriched-{run}"
-    path = write_flow(
-        tmp_path,
+def flow_file(
+    folder: Path, service: SoapService, *, flow: str, source: str, target: str, resilience: str
+) -> Path:
+    """A flow that enriches each customer with the ERP's GetCustomer, with `resilience` (one
+    line of the lookup's settings)."""
+    return write_flow(
+        folder,
         f"""
 lookups:
   - name: erp-customer
@@ -63,7 +63,7 @@ lookups:
       operation: GetCustomer
       address: {service.url}/erp/accounts
     timeout: 5s
-    circuit_breaker: {{failures: 2, reset_after: 1s}}
+    {resilience}
 mediation:
   - name: {flow}
     from: {source}
@@ -78,6 +78,21 @@ mediation:
             processedAt: attributes.time
     to: {target}
 """,
+    )
+
+
+async def test_a_soap_lookup_enriches_dead_letters_and_waits_out_an_outage(
+    service: SoapService, bootstrap_servers: str, tmp_path: Path
+) -> None:
+    run = uuid.uuid4().hex[:8]
+    source, target, flow = f"lookup-in-{run}", f"lookup-out-{run}", f"enriched-{run}"
+    path = flow_file(
+        tmp_path,
+        service,
+        flow=flow,
+        source=source,
+        target=target,
+        resilience="circuit_breaker: {failures: 2, reset_after: 1s}",
     )
     async with (
         running_flows(path, bootstrap_servers),
@@ -113,32 +128,13 @@ async def test_without_a_breaker_a_lookup_that_keeps_failing_dead_letters_its_re
 ) -> None:
     run = uuid.uuid4().hex[:8]
     source, target, flow = f"lookup-in-{run}", f"lookup-out-{run}", f"stubborn-{run}"
-    path = write_flow(
+    path = flow_file(
         tmp_path,
-        f"""
-lookups:
-  - name: erp-customer
-    soap:
-      wsdl: {WSDL}
-      service: ErpService
-      port: ErpPort
-      operation: GetCustomer
-      address: {service.url}/erp/accounts
-    retry: {{attempts: 2, backoff: {{initial: 100ms, max: 100ms}}}}
-mediation:
-  - name: {flow}
-    from: {source}
-    steps:
-      - enrich: {{lookup: erp-customer, with: {{CustomerId: event.customerId}}, into: account}}
-      - transform:
-          to: com.acme.erp.CustomerUpsertResult
-          map:
-            customerId: event.customerId
-            erpAccountId: event.account.Customer.Name
-            outcome: '"UPDATED"'
-            processedAt: attributes.time
-    to: {target}
-""",
+        service,
+        flow=flow,
+        source=source,
+        target=target,
+        resilience="retry: {attempts: 2, backoff: {initial: 100ms, max: 100ms}}",
     )
     async with (
         running_flows(path, bootstrap_servers),
