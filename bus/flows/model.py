@@ -944,6 +944,75 @@ class HttpSettings(Block):
     publish: PublishApi | None = Field(default=None, description="The generic publish API.")
 
 
+class TracingSettings(Block):
+    """OpenTelemetry traces: a span per hop, context in the records' `traceparent` header."""
+
+    exporter: Literal["none", "console", "otlp"] = Field(
+        default="none",
+        description="Where spans go: nowhere (no span is made), stdout, or an OTLP/HTTP collector.",
+    )
+    endpoint: str | None = Field(
+        default=None,
+        description="OTLP/HTTP traces URL; omitted: OTEL_EXPORTER_OTLP_TRACES_ENDPOINT or "
+        "OTEL_EXPORTER_OTLP_ENDPOINT, else http://localhost:4318/v1/traces.",
+    )
+    sample_ratio: float = Field(
+        default=1.0, ge=0.0, le=1.0, description="Share of journeys traced (by trace id)."
+    )
+    service_name: str = Field(default="bus", min_length=1, description="OTel service.name.")
+
+
+class JourneySettings(Block):
+    """Every hop writes a small record to the journey topic, keyed by the journey's root event
+    id, which `bus trace` and the admin API's /journeys read."""
+
+    enabled: bool = Field(default=True, description="Write journey records at all.")
+    topic: TopicName = Field(default="bus.journeys", description="The journey topic.")
+    sample_ratio: float = Field(
+        default=1.0,
+        ge=0.0,
+        le=1.0,
+        description="Share of journeys recorded, chosen by root event id (all hops or none).",
+    )
+    retention: Duration = duration_field("168h", "How long the journey topic keeps records.")
+
+
+class LogSettings(Block):
+    """The process's log lines."""
+
+    format: Literal["json", "text"] = Field(
+        default="json", description="JSON lines (time, level, event id, trace id, flow, step)."
+    )
+    level: Literal["debug", "info", "warning", "error"] = Field(default="info")
+    redact: tuple[str, ...] = Field(
+        default=(),
+        description="Further literal values never to be written (configured secrets always are).",
+    )
+
+
+class AdminSettings(Block):
+    """The admin API (health, readiness, metrics, flows, journeys, DLQ) on a port of its own."""
+
+    host: str = Field(default="127.0.0.1", description="Address to listen on (0.0.0.0: all).")
+    port: int = Field(default=9180, ge=0, le=65535, description="Port to listen on.")
+    auth: dict[str, Any] | None = Field(
+        default=None,
+        description="Who may call it; the same settings as a rest inbound item's auth. "
+        "Required unless host is a loopback address.",
+    )
+
+
+class ObservabilitySettings(Block):
+    """Traces, event journeys, logs and the admin API of a `bus run` process."""
+
+    tracing: TracingSettings = Field(default_factory=TracingSettings)
+    journeys: JourneySettings = Field(default_factory=JourneySettings)
+    logs: LogSettings = Field(default_factory=LogSettings)
+    admin: AdminSettings | None = Field(
+        default=None, description="The admin API; omitted: none is served."
+    )
+
+
 # -- files and sets ---------------------------------------------------------------------------
 
 FlowItem = Inbound | Mediation | Outbound | LookupItem
@@ -961,6 +1030,9 @@ class FlowFile(Block):
     )
     http: HttpSettings | None = Field(
         default=None, description="The inbound HTTP server (webhooks, publish API)."
+    )
+    observability: ObservabilitySettings | None = Field(
+        default=None, description="Traces, journeys, logs and the admin API."
     )
     inbound: tuple[Inbound, ...] = Field(default=(), description="External calls to events.")
     mediation: tuple[Mediation, ...] = Field(default=(), description="Events between topics.")
@@ -1013,7 +1085,7 @@ def flow_set_conflicts(files: Iterable[FlowFile]) -> list[str]:
                         "name",
                     )
                 )
-    for section in ("kafka", "topics", "http"):
+    for section in ("kafka", "topics", "http", "observability"):
         problems.extend(_settings_conflicts(files, section))
     return problems
 
@@ -1060,6 +1132,11 @@ class FlowSet:
     @property
     def http(self) -> HttpSettings | None:
         return next((file.http for file in self.files if file.http is not None), None)
+
+    @property
+    def observability(self) -> ObservabilitySettings:
+        chosen = (file.observability for file in self.files if file.observability is not None)
+        return next(chosen, ObservabilitySettings())
 
     @property
     def inbound(self) -> tuple[Inbound, ...]:

@@ -1,0 +1,1 @@
+"""Traces, event journeys, metrics, logs and item status of a `bus run` process."""
