@@ -188,6 +188,7 @@ def test_json_schema_describes_the_file() -> None:
         "kafka",
         "topics",
         "http",
+        "observability",
         "inbound",
         "mediation",
         "outbound",
