@@ -2,7 +2,6 @@
 
 import asyncio
 import json
-import logging
 import os
 import signal
 import sys
@@ -27,6 +26,8 @@ from bus.flows.runtime import run_flows, select
 from bus.flows.validation import flow_file_json_schema, validate_flows
 from bus.local_kafka import bootstrap_servers_for, local_kafka_from
 from bus.local_kafka.readiness import answers_metadata
+from bus.telemetry.logs import configure_logging
+from bus.telemetry.secrets import secrets_of
 
 EXIT_NOT_RUNNING = 3  # as LSB init scripts' `status` says "not running"
 
@@ -81,9 +82,7 @@ def run(files: tuple[Path, ...], only: tuple[str, ...], shutdown_grace: float) -
         settings = settings.model_copy(
             update={"kafka_bootstrap_servers": flows.kafka.bootstrap_servers}
         )
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    configure_logging(flows.observability.logs, secrets_of(flows))
     asyncio.run(_run_flows(flows, catalog, settings, only, shutdown_grace))
 
 
