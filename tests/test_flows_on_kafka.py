@@ -99,7 +99,7 @@ mediation:
     assert to_eu.key == "c-1"
     assert to_eu.subject == "c-1"
     assert to_eu.source == "/bus/flows/upserts"
-    assert to_eu.extensions == {"parentid": first.id}
+    assert to_eu.extensions == {"parentid": first.id, "rootid": first.id}
     assert to_eu.id != first.id
     assert to_world.data["salesRegion"] == "US"
 

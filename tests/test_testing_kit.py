@@ -296,10 +296,10 @@ mediation:
     assert one.data["billingAddress"]["country"] == "DE"
     assert one.data["requestedAt"] == first.time
     assert (one.key, one.subject, one.source) == ("c-1", "s", "/bus/flows/kit-routing")
-    assert one.extensions == {"parentid": first.id}
-    assert to_eu[1].extensions == {"parentid": fourth.id}
+    assert one.extensions == {"parentid": first.id, "rootid": first.id}
+    assert to_eu[1].extensions == {"parentid": fourth.id, "rootid": fourth.id}
     assert to_world.data["customerId"] == "c-2"
-    assert to_world.extensions == {"parentid": second.id}
+    assert to_world.extensions == {"parentid": second.id, "rootid": second.id}
     # The DELETED customer went nowhere, and nothing failed.
     assert len(eu_records) == 2
     assert len(world_records) == 1
@@ -391,8 +391,9 @@ mediation:
     assert final.type == UPSERT
     assert final.data["customerId"] == "c-1"
     assert final.source == "/bus/flows/kit-chain-eu"
-    assert requests[0].extensions == {"parentid": first.id}
-    assert final.extensions == {"parentid": requests[0].id}
+    assert requests[0].extensions == {"parentid": first.id, "rootid": first.id}
+    # The root is the journey's first event, however far down the chain.
+    assert final.extensions == {"parentid": requests[0].id, "rootid": first.id}
     [record] = out_records
     assert record.partition == partition_for(b"c-1", 3)  # the files' `topics.partitions`
 

@@ -101,7 +101,7 @@ class Endpoint:
 
     async def store(self, topic: str, event: Event) -> web.Response:
         try:
-            await self.ingest.store(topic, event)
+            await self.ingest.store(topic, event, item=self.name)
         except StorageUnavailableError as unavailable:
             log.warning("%s: %s", self.name, unavailable)
             raise _unavailable("Kafka did not store the event in time") from None

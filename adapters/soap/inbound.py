@@ -853,7 +853,7 @@ class SoapEndpoint:
 
     async def _store(self, served: _Served, event: Event) -> None:
         try:
-            await self.ingest.store(served.item.topic, event)
+            await self.ingest.store(served.item.topic, event, item=served.item.name)
         except StorageUnavailableError as unavailable:
             log.warning("%s: %s", served.item.name, unavailable)
             raise receiver_fault(

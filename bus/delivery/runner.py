@@ -35,16 +35,22 @@ An adapter's `Delivery` makes one call for one event; everything around the call
 A failure that is not one record's fault (Kafka refusing a dead letter or a reply, a schema
 registry that cannot be reached, an adapter that breaks its contract) fails `run`: the caller's
 supervisor starts again from the last commit, and nothing is lost.
+
+Each record is one `outbound` hop (`bus.telemetry.hub`) spanning its attempts, each attempt a
+CLIENT span made current around the adapter's call (so the shared HTTP session's trace config
+sends its `traceparent`) and a sample of `metrics.outbound_call`.
 """
 
 import asyncio
 import logging
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
+from opentelemetry.trace import SpanKind
 
 from bus.delivery.contract import Delivery, Response
 from bus.delivery.offsets import OffsetTracker, PartitionOffsets
@@ -73,6 +79,8 @@ from bus.kafka_clients import durable_producer, group_consumer
 from bus.resilience.circuit_breaker import BreakerState
 from bus.resilience.clock import SYSTEM_CLOCK, Clock
 from bus.resilience.retry import RetriesExhaustedError
+from bus.telemetry.hop import Output
+from bus.telemetry.hub import ROOT_ID, HopScope, StepSpan, Telemetry, root_id_of
 
 __all__ = [
     "DeliveryPlan",
@@ -153,6 +161,7 @@ class DeliveryRunner:
         *,
         reply: ReplyPlan | None = None,
         clock: Clock = SYSTEM_CLOCK,
+        telemetry: Telemetry | None = None,
     ) -> None:
         self.plan = plan
         self.delivery = delivery
@@ -160,6 +169,7 @@ class DeliveryRunner:
         self.bootstrap_servers = bootstrap_servers
         self.reply = reply
         self.clock = clock
+        self.telemetry = telemetry or Telemetry.disabled()
         self.delivered = 0
         self.dead_lettered = 0
         self.replied = 0
@@ -173,6 +183,10 @@ class DeliveryRunner:
         """Deliver until `stop` is set; then let the calls under way finish (start no others),
         commit what is done and leave the group. If the caller cancels this (its grace is
         over), the calls still under way are abandoned, and what is done is still committed."""
+        status = self.telemetry.board.item(self.plan.name, "outbound")
+        status.breaker = self.plan.breaker
+        status.dead_letter_topic = self.plan.dead_letter_topic
+        status.in_flight = lambda: self._offsets.in_progress
         consumer = group_consumer(self.bootstrap_servers, self.plan.group_id)
         consumer.subscribe(list(self.plan.sources), listener=_HandOver(self, consumer))
         producer = durable_producer(self.bootstrap_servers)
@@ -181,6 +195,7 @@ class DeliveryRunner:
         try:
             try:
                 await consumer.start()
+                status.consumer = consumer
                 await self._consume(consumer, stop)
                 await self._chains.stop(self._offsets.partitions, grace=None)
                 self._raise_if_failed()
@@ -189,6 +204,7 @@ class DeliveryRunner:
                 await self._abandon(consumer)
                 raise
             finally:
+                status.consumer = None
                 await consumer.stop()
         finally:
             self._producer = None
@@ -301,35 +317,49 @@ class DeliveryRunner:
     async def _work(self, taken: _Taken, chain: Chain[_Taken]) -> None:
         """Deliver one record, or dead-letter it; mark it done unless it was given up."""
         record = taken.record
-        before = previous_attempts(record.headers)
-        try:
-            decoded = await self.codec.decode(record.key, record.value, record.headers)
-        except BusError as error:
-            _raise_if_unavailable(error)
-            chain.busy = True
-            await self._dead_letter(record, "decode", error, before + 1)
+        with self.telemetry.consumed(
+            "outbound", self.plan.name, record, group=self.plan.group_id
+        ) as scope:
+            before = previous_attempts(record.headers)
+            try:
+                decoded = await self.codec.decode(record.key, record.value, record.headers)
+            except BusError as error:
+                scope.event_from_headers(record.headers)
+                _raise_if_unavailable(error)
+                chain.busy = True
+                await self._dead_letter(scope, record, "decode", error, before + 1)
+                taken.offsets.done(record.offset)
+                return
+            scope.event(decoded.event)
+            outcome = await self._deliver(decoded, chain, scope)
+            if outcome is None:  # the partition is being given up between attempts
+                scope.hop.outcome = "failed"
+                scope.hop.error = "handed over undelivered: the partition's next owner delivers it"
+                return
+            if isinstance(outcome, _Undeliverable):
+                await self._dead_letter(
+                    scope, record, "call", outcome.error, before + outcome.attempts
+                )
+            else:
+                scope.hop.outcome = "delivered"
+                if self.reply is not None:
+                    await self._send_reply(scope, record, decoded, outcome, before)
             taken.offsets.done(record.offset)
-            return
-        outcome = await self._deliver(decoded, chain)
-        if outcome is None:
-            return  # the partition is being given up between attempts
-        if isinstance(outcome, _Undeliverable):
-            await self._dead_letter(record, "call", outcome.error, before + outcome.attempts)
-        elif self.reply is not None:
-            await self._send_reply(record, decoded, outcome, before)
-        taken.offsets.done(record.offset)
-        if isinstance(outcome, _Delivered):
-            self.delivered += 1
+            if isinstance(outcome, _Delivered):
+                self.delivered += 1
 
     async def _deliver(
-        self, decoded: DecodedEvent, chain: Chain[_Taken]
+        self, decoded: DecodedEvent, chain: Chain[_Taken], scope: HopScope
     ) -> _Delivered | _Undeliverable | None:
         """Call until it succeeds, fails for good, or the attempts that count run out. None:
         the partition is being given up, and the event was not delivered."""
         policy = self.plan.retry
         attempts = 0  # that count: not those failed in an outage
+        calls = 0  # made: the hop's attempts
         while True:
-            outcome = await self._attempt(decoded, chain)
+            outcome = await self._attempt(decoded, chain, scope)
+            calls += 1
+            scope.hop.attempts = calls
             if isinstance(outcome, _Answered):
                 return _Delivered(outcome.response, attempts + 1)
             if isinstance(outcome, _Refused):
@@ -349,7 +379,9 @@ class DeliveryRunner:
                 await self.clock.sleep(policy.delay(attempts, outcome.error.retry_after))
             # else the breaker is open, and waiting for its trial is the backoff
 
-    async def _attempt(self, decoded: DecodedEvent, chain: Chain[_Taken]) -> _Outcome:
+    async def _attempt(
+        self, decoded: DecodedEvent, chain: Chain[_Taken], scope: HopScope
+    ) -> _Outcome:
         """One call, once the breaker, a free call slot and the rate limit let it go."""
         breaker, limiter = self.plan.breaker, self.plan.limiter
         while True:
@@ -362,36 +394,59 @@ class DeliveryRunner:
                 # after the breaker opened.
                 if breaker is None or breaker.allow():
                     chain.busy = True
-                    return await self._call(decoded)
+                    return await self._call(decoded, scope)
 
-    async def _call(self, decoded: DecodedEvent) -> _Outcome:
+    async def _call(self, decoded: DecodedEvent, scope: HopScope) -> _Outcome:
         """The adapter's call, and what its outcome says of the endpoint's health."""
         breaker = self.plan.breaker
-        try:
-            response = await self._timed_call(decoded)
-        except TransientDeliveryError as error:
-            if breaker is None:
-                return _Failed(error, counts=True)
-            breaker.record_failure()
-            # Open now: either it was open (this call went out before) or this failure opened
-            # it. Either way the endpoint is down, which is no fault of this event.
-            return _Failed(error, counts=breaker.state is not BreakerState.OPEN)
-        except PermanentDeliveryError as error:
-            if breaker is not None:
-                # An answer that refuses this event shows the endpoint up; an error without a
-                # status was raised before anything was sent and says nothing of its health.
-                if error.status is None:
-                    breaker.record_abandoned()
-                else:
-                    breaker.record_success()
-            return _Refused(error)
-        except BaseException:
-            if breaker is not None:
-                breaker.record_abandoned()  # cancelled, or an adapter that broke its contract
-            raise
+        started = time.perf_counter()
+        with scope.span(f"call {self.plan.name}", SpanKind.CLIENT) as span:
+            try:
+                response = await self._timed_call(decoded)
+            except TransientDeliveryError as error:
+                self._called(scope, span, error.status, started, error)
+                if breaker is None:
+                    return _Failed(error, counts=True)
+                breaker.record_failure()
+                # Open now: either it was open (this call went out before) or this failure
+                # opened it. Either way the endpoint is down, which is no fault of this event.
+                return _Failed(error, counts=breaker.state is not BreakerState.OPEN)
+            except PermanentDeliveryError as error:
+                self._called(scope, span, error.status, started, error)
+                if breaker is not None:
+                    # An answer that refuses this event shows the endpoint up; an error without
+                    # a status was raised before anything was sent and says nothing of its
+                    # health.
+                    if error.status is None:
+                        breaker.record_abandoned()
+                    else:
+                        breaker.record_success()
+                return _Refused(error)
+            except BaseException:
+                if breaker is not None:
+                    breaker.record_abandoned()  # cancelled, or an adapter that broke its contract
+                raise
+            self._called(scope, span, response.status, started)
         if breaker is not None:
             breaker.record_success()
         return _Answered(response)
+
+    def _called(
+        self,
+        scope: HopScope,
+        span: StepSpan,
+        status: int | None,
+        started: float,
+        error: DeliveryError | None = None,
+    ) -> None:
+        """One call's answer, in the hop, its span and the metrics."""
+        scope.hop.status = status
+        if status is not None:
+            span.set("http.response.status_code", status)
+        if error is not None:
+            span.set("error.type", type(error).__name__)
+            span.fail(describe(error))
+        self.telemetry.metrics.outbound_call(self.plan.name, status, time.perf_counter() - started)
 
     async def _timed_call(self, decoded: DecodedEvent) -> Response:
         limit = self.plan.call_timeout
@@ -406,7 +461,12 @@ class DeliveryRunner:
     # -- what a record produces -------------------------------------------------------------
 
     async def _send_reply(
-        self, record: InputRecord, decoded: DecodedEvent, delivered: _Delivered, before: int
+        self,
+        scope: HopScope,
+        record: InputRecord,
+        decoded: DecodedEvent,
+        delivered: _Delivered,
+        before: int,
     ) -> None:
         assert self.reply is not None  # noqa: S101 -- only called with a reply plan
         try:
@@ -418,7 +478,9 @@ class DeliveryRunner:
                 request=decoded,
                 response=delivered.response,
             )
-            reply = await self.codec.encode(event, decoded.trace)
+            lineage = {**event.extensions, ROOT_ID: root_id_of(decoded.event)}
+            event = replace(event, extensions=lineage)
+            reply = await self.codec.encode(event, scope.carrier(decoded.trace))
             if record_size(reply) > MAX_RECORD_BYTES:
                 raise RecordTooLargeError(
                     f"the reply would be {record_size(reply)} bytes, over the "
@@ -426,6 +488,7 @@ class DeliveryRunner:
                 )
         except (ExpressionError, EventValidationError, RecordTooLargeError) as error:
             await self._dead_letter(
+                scope,
                 record,
                 "reply",
                 error,
@@ -436,11 +499,12 @@ class DeliveryRunner:
                 ),
             )
             return
-        await self._produce(self.reply.topic, reply)
+        scope.hop.outputs.append(await self._produce(self.reply.topic, reply, event.id))
         self.replied += 1
 
     async def _dead_letter(
         self,
+        scope: HopScope,
         record: InputRecord,
         step: str,
         error: Exception,
@@ -464,7 +528,11 @@ class DeliveryRunner:
             # Its value is what made it too large; the headers still say where it came from.
             dropped = (DROPPED_HEADER, str(len(dead.value)).encode())
             dead = replace(dead, value=b"", headers=[*dead.headers, dropped])
-        await self._produce(self.plan.dead_letter_topic, dead)
+        hop = scope.hop
+        hop.outputs.append(await self._produce(self.plan.dead_letter_topic, dead, hop.event_id))
+        hop.outcome = "dead-lettered"
+        hop.step = step
+        hop.error = f"{letter.error_type}: {letter.error}"
         self.dead_lettered += 1
         log.warning(
             "outbound %s: %s[%d]@%d dead-lettered at %s: %s: %s",
@@ -472,14 +540,16 @@ class DeliveryRunner:
             step, letter.error_type, letter.error,
         )  # fmt: skip
 
-    async def _produce(self, topic: str, record: KafkaRecord) -> None:
-        """Send and wait for acks=all; a KafkaError here fails the run (not the record)."""
+    async def _produce(self, topic: str, record: KafkaRecord, event_id: str | None) -> Output:
+        """Send and wait for acks=all; a KafkaError here fails the run (not the record). Says
+        where the record landed."""
         producer = self._producer
         if producer is None:
             raise RuntimeError("the delivery runner is not running")
-        await producer.send_and_wait(
+        sent = await producer.send_and_wait(
             topic, record.value, key=record.key, headers=list(record.headers)
         )
+        return Output(event_id, topic, sent.partition, sent.offset)
 
 
 def describe(error: BaseException) -> str:

@@ -1,4 +1,8 @@
-"""Reading a flow's dead-letter topic, and replaying its records to where they came from."""
+"""Reading a flow's dead-letter topic, and replaying its records to where they came from.
+
+Each replayed letter is a `replay` hop of the flow that dead-lettered it: its span continues the
+letter's trace, and the record sent back carries the span's context (untraced: the letter's own).
+"""
 
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -15,6 +19,9 @@ from bus.flows.dead_letters import (
     original_headers,
 )
 from bus.kafka_clients import durable_producer
+from bus.telemetry.hop import Output
+from bus.telemetry.hub import HopScope, Telemetry
+from bus.telemetry.tracing import TRACE_HEADERS, kafka_carrier
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,38 +129,41 @@ async def mark_replayed(bootstrap_servers: str, letters: Sequence[StoredLetter])
         await consumer.stop()
 
 
-async def replay(bootstrap_servers: str, letters: Sequence[StoredLetter]) -> list[str]:
+async def replay(
+    bootstrap_servers: str,
+    letters: Sequence[StoredLetter],
+    *,
+    telemetry: Telemetry | None = None,
+) -> list[str]:
     """Send each letter back to the topic it was consumed from, as it was, and say where."""
+    telemetry = telemetry or Telemetry.disabled()
     producer = durable_producer(bootstrap_servers)
     await producer.start()
     sent = []
     try:
         for letter in letters:
-            if letter.reason is None:
-                raise BusError(
-                    f"{letter.where} carries no bus_dlq_* headers, so its origin is unknown; "
-                    "it was not dead-lettered by bus"
+            reason = _replayable(letter)
+            carrier = kafka_carrier(letter.headers)
+            with telemetry.producing("replay", reason.flow, reason.topic, carrier=carrier) as scope:
+                _replaying(scope, letter)
+                headers = [
+                    (name, value)
+                    for name, value in original_headers(letter.headers)
+                    if name not in (ATTEMPTS_HEADER, REPLAYED_HEADER, *TRACE_HEADERS)
+                ]
+                headers += [(name, value.encode()) for name, value in scope.carrier().items()]
+                headers += [
+                    (ATTEMPTS_HEADER, str(reason.attempts).encode()),
+                    (REPLAYED_HEADER, letter.where.encode()),
+                ]
+                done = await producer.send_and_wait(
+                    reason.topic, letter.value, key=letter.key, headers=headers
                 )
-            if letter.reason.partition < 0:
-                # A polled item never was a record: its origin is a URL, not a topic.
-                raise BusError(
-                    f"{letter.where} was not consumed from a topic (it came from "
-                    f"{letter.reason.topic}), so it cannot be sent back; fix the cause and let "
-                    "the source deliver it again"
+                scope.hop.outputs.append(
+                    Output(scope.hop.event_id, reason.topic, done.partition, done.offset)
                 )
-            headers = [
-                (name, value)
-                for name, value in original_headers(letter.headers)
-                if name not in (ATTEMPTS_HEADER, REPLAYED_HEADER)
-            ]
-            headers += [
-                (ATTEMPTS_HEADER, str(letter.reason.attempts).encode()),
-                (REPLAYED_HEADER, letter.where.encode()),
-            ]
-            await producer.send_and_wait(
-                letter.reason.topic, letter.value, key=letter.key, headers=headers
-            )
-            sent.append(f"{letter.where} -> {letter.reason.topic}")
+                scope.hop.outcome = "replayed"
+            sent.append(f"{letter.where} -> {reason.topic}")
     except KafkaError as error:
         raise BusError(
             f"replay stopped after {len(sent)} record(s): {error}; the rest are still in the "
@@ -162,3 +172,29 @@ async def replay(bootstrap_servers: str, letters: Sequence[StoredLetter]) -> lis
     finally:
         await producer.stop()
     return sent
+
+
+def _replayable(letter: StoredLetter) -> DeadLetter:
+    """The letter's reason, if it can be sent back to where it came from."""
+    if letter.reason is None:
+        raise BusError(
+            f"{letter.where} carries no bus_dlq_* headers, so its origin is unknown; "
+            "it was not dead-lettered by bus"
+        )
+    if letter.reason.partition < 0:
+        # A polled item never was a record: its origin is a URL, not a topic.
+        raise BusError(
+            f"{letter.where} was not consumed from a topic (it came from "
+            f"{letter.reason.topic}), so it cannot be sent back; fix the cause and let "
+            "the source deliver it again"
+        )
+    return letter.reason
+
+
+def _replaying(scope: HopScope, letter: StoredLetter) -> None:
+    """The hop reads the letter where it lies in the dead-letter topic."""
+    scope.event_from_headers(letter.headers)
+    hop = scope.hop
+    hop.topic = letter.topic
+    hop.partition = letter.partition
+    hop.offset = letter.offset

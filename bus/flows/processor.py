@@ -13,11 +13,22 @@ from bus.events.event import Event, now
 from bus.flows.dead_letters import DeadLetter, InputRecord, previous_attempts
 from bus.flows.dead_letters import now as utc_now
 from bus.flows.steps import Item, Step
+from bus.telemetry.hub import PARENT_ID, ROOT_ID, HopScope, root_id_of
+
+__all__ = [
+    "DROPPED_HEADER",
+    "MAX_RECORD_BYTES",
+    "PARENT_ID",
+    "FlowProcessor",
+    "Handled",
+    "Output",
+    "RecordTooLargeError",
+    "record_size",
+]
 
 # Output ids derive from (flow, parent id, position): reprocessing a record after a crash makes
 # the same ids, so consumers can drop the duplicates that at-least-once delivery allows.
 _IDS = uuid.UUID("6f1d7c1e-3b9a-4f0e-9c55-2d1e8a4b7c30")
-PARENT_ID = "parentid"  # a CloudEvents extension: ce_parentid
 # Kafka's default max.message.bytes is 1 MiB; keep under it with room for the batch framing.
 MAX_RECORD_BYTES = 1_000_000
 DROPPED_HEADER = "bus_dlq_value_dropped"  # the size of a dead letter's value that was dropped
@@ -27,6 +38,7 @@ DROPPED_HEADER = "bus_dlq_value_dropped"  # the size of a dead letter's value th
 class Output:
     topic: str
     record: KafkaRecord
+    event_id: str | None = None  # the event in `record` (a dead letter: the consumed one's)
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,13 +92,17 @@ class FlowProcessor:
         self.to = to
         self.source = f"/bus/flows/{flow}"
 
-    async def handle(self, record: InputRecord) -> Handled:
-        """The records to write for `record`: what the Kafka runner and the test kit both do."""
+    async def handle(self, record: InputRecord, scope: HopScope | None = None) -> Handled:
+        """The records to write for `record`: what the Kafka runner and the test kit both do.
+        `scope` is the record's mediation hop, which this fills (the runner ends it once the
+        writes are acknowledged); without one, the hop is reported nowhere."""
+        scope = scope or HopScope.detached("mediation", self.flow)
         attempts = previous_attempts(record.headers) + 1
-        outcome = await self.process(record, attempts)
+        outcome = await self.process(record, attempts, scope)
         if not isinstance(outcome, DeadLetter):
             oversized = next((o for o in outcome if record_size(o.record) > MAX_RECORD_BYTES), None)
             if oversized is None:
+                scope.hop.outcome = "processed" if outcome else "filtered"
                 return Handled(outcome)
             too_big = RecordTooLargeError(
                 f"an output to {oversized.topic} would be {record_size(oversized.record)} bytes, "
@@ -98,13 +114,20 @@ class FlowProcessor:
             # Its value is what made it too large; the headers still say where it came from.
             dropped = (DROPPED_HEADER, str(len(letter.value)).encode())
             letter = replace(letter, value=b"", headers=[*letter.headers, dropped])
-        return Handled([Output(self.dead_letter_topic, letter)], outcome)
+        hop = scope.hop
+        hop.outcome = "dead-lettered"
+        hop.step = outcome.step
+        hop.error = f"{outcome.error_type}: {outcome.error}"
+        return Handled([Output(self.dead_letter_topic, letter, hop.event_id)], outcome)
 
-    async def process(self, record: InputRecord, attempts: int = 1) -> list[Output] | DeadLetter:
+    async def process(
+        self, record: InputRecord, attempts: int = 1, scope: HopScope | None = None
+    ) -> list[Output] | DeadLetter:
+        scope = scope or HopScope.detached("mediation", self.flow)
         try:
-            decoded = await self._decode(record)
-            items = await self._apply_steps(decoded.event)
-            return await self._outputs(decoded, items)
+            decoded = await self._decode(record, scope)
+            items = await self._apply_steps(decoded.event, scope)
+            return await self._outputs(decoded, items, scope)
         except _Failed as failed:
             return self._dead_letter(record, failed.step, failed.error, attempts)
 
@@ -123,25 +146,33 @@ class FlowProcessor:
             time=utc_now(),
         )
 
-    async def _decode(self, record: InputRecord) -> DecodedEvent:
+    async def _decode(self, record: InputRecord, scope: HopScope) -> DecodedEvent:
         try:
-            return await self.codec.decode(record.key, record.value, record.headers)
+            decoded = await self.codec.decode(record.key, record.value, record.headers)
         except BusError as error:
+            scope.event_from_headers(record.headers)
             _raise_if_unavailable(error)
             raise _Failed("decode", error) from error
+        scope.event(decoded.event)
+        return decoded
 
-    async def _apply_steps(self, event: Event) -> list[Item]:
+    async def _apply_steps(self, event: Event, scope: HopScope) -> list[Item]:
         items = [Item(event)]
         for step in self.steps:
             try:
-                items = [produced for item in items for produced in await step.apply(item)]
+                with scope.step(step.label):
+                    items = [produced for item in items for produced in await step.apply(item)]
             except Exception as error:  # any other failure of a record's step dead-letters it
                 _raise_if_unavailable(error)
                 raise _Failed(step.label, error) from error
         return items
 
-    async def _outputs(self, decoded: DecodedEvent, items: list[Item]) -> list[Output]:
+    async def _outputs(
+        self, decoded: DecodedEvent, items: list[Item], scope: HopScope
+    ) -> list[Output]:
         parent = decoded.event
+        lineage = {PARENT_ID: parent.id, ROOT_ID: root_id_of(parent)}
+        trace = scope.carrier(decoded.trace)
         outputs: list[Output] = []
         for position, item in enumerate(items):
             topics = item.destinations or ((self.to,) if self.to else ())
@@ -155,12 +186,12 @@ class FlowProcessor:
                 id=str(uuid.uuid5(_IDS, f"{self.flow}/{parent.id}/{position}")),
                 source=self.source,
                 time=now(),
-                extensions={**item.event.extensions, PARENT_ID: parent.id},
+                extensions={**item.event.extensions, **lineage},
             )
             try:
-                record = await self.codec.encode(event, decoded.trace)
+                record = await self.codec.encode(event, trace)
             except BusError as error:
                 _raise_if_unavailable(error)
                 raise _Failed("output", error) from error
-            outputs.extend(Output(topic, record) for topic in topics)
+            outputs.extend(Output(topic, record, event.id) for topic in topics)
         return outputs

@@ -5,6 +5,9 @@ fetched until the batch is done), processes each partition's records in order an
 concurrently, and only when every output and dead letter of the batch is acknowledged commits
 the offsets after it. Under exactly-once, each partition's part of the batch is one Kafka
 transaction of that partition's own transactional producer, its offsets inside it.
+
+Each record is one `mediation` hop (`bus.telemetry.hub`): it ends when the record's writes are
+acknowledged, with where they landed, or as failed when the batch fails.
 """
 
 import asyncio
@@ -17,8 +20,10 @@ from aiokafka import AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
 
 from bus.errors import BusError
 from bus.flows.dead_letters import InputRecord
-from bus.flows.processor import FlowProcessor
+from bus.flows.processor import FlowProcessor, Output
 from bus.kafka_clients import durable_producer, group_consumer
+from bus.telemetry import hop as hops
+from bus.telemetry.hub import HopScope, Telemetry
 
 log = logging.getLogger(__name__)
 
@@ -50,23 +55,54 @@ class FlowPlan:
         return f"bus.{self.name}"
 
 
+@dataclass(frozen=True, slots=True)
+class _Sent:
+    """A record's hop, and its writes on their way to Kafka."""
+
+    scope: HopScope
+    writes: list[Output]
+    acks: list[asyncio.Future[Any]]
+
+    def acknowledged(self) -> None:
+        """Every write is acknowledged: the hop ends, saying where they landed."""
+        self.scope.hop.outputs = [
+            hops.Output(write.event_id, write.topic, ack.result().partition, ack.result().offset)
+            for write, ack in zip(self.writes, self.acks, strict=True)
+        ]
+        self.scope.end()
+
+
 class FlowRunner:
-    def __init__(self, plan: FlowPlan, processor: FlowProcessor, bootstrap_servers: str) -> None:
+    def __init__(
+        self,
+        plan: FlowPlan,
+        processor: FlowProcessor,
+        bootstrap_servers: str,
+        *,
+        telemetry: Telemetry | None = None,
+    ) -> None:
         self.plan = plan
         self.processor = processor
         self.bootstrap_servers = bootstrap_servers
+        self.telemetry = telemetry or Telemetry.disabled()
         self._idle = asyncio.Event()
         self._idle.set()
+        self._in_hand = 0
         self.processed = 0
         self.dead_lettered = 0
         self.batch_size = plan.max_in_flight
 
     async def run(self, stop: asyncio.Event) -> None:
         """Process until `stop` is set, then finish the batch in hand, commit, and leave."""
+        status = self.telemetry.board.item(self.plan.name, "mediation")
+        status.dead_letter_topic = self.plan.dead_letter_topic
+        status.in_flight = lambda: self._in_hand
         consumer = group_consumer(self.bootstrap_servers, self.plan.group_id)
         exactly_once = self.plan.guarantee == "exactly-once"
         transactional = _PartitionProducers(self.bootstrap_servers, self.plan.name)
-        listener = _FinishBeforeRevoke(self._idle, transactional if exactly_once else None)
+        listener = _FinishBeforeRevoke(
+            self.plan.name, self._idle, transactional if exactly_once else None
+        )
         consumer.subscribe(list(self.plan.sources), listener=listener)
         # linger: the outputs of a batch travel together instead of one request each.
         producer = durable_producer(self.bootstrap_servers, linger_ms=5)
@@ -74,11 +110,13 @@ class FlowRunner:
             await producer.start()
         try:
             await consumer.start()
+            status.consumer = consumer
             try:
                 while not stop.is_set():
                     batch = await consumer.getmany(timeout_ms=250, max_records=self.batch_size)
                     if batch:
                         self._idle.clear()
+                        self._in_hand = sum(len(records) for records in batch.values())
                         try:
                             async with asyncio.timeout(BATCH_DEADLINE_S):
                                 if exactly_once:
@@ -93,8 +131,10 @@ class FlowRunner:
                                 f"{BATCH_DEADLINE_S:.0f} s; it will be redone in smaller batches"
                             ) from slow
                         finally:
+                            self._in_hand = 0
                             self._idle.set()
             finally:
+                status.consumer = None
                 await consumer.stop()
         finally:
             await producer.stop()
@@ -120,22 +160,27 @@ class FlowRunner:
         self, producer: AIOKafkaProducer, batch: dict[TopicPartition, list[Any]]
     ) -> None:
         """Send every output of the batch and wait until Kafka acknowledged them all."""
-        sent: list[asyncio.Future[Any]] = []
+        sent: list[_Sent] = []
 
         async def partition_in_order(records: list[Any]) -> None:
             for record in records:
-                sent.extend(await self._send_outcome(producer, record))
+                sent.append(await self._send_outcome(producer, record))
 
-        # A task group: when one partition fails, the others stop too, rather than going on
-        # calling lookups and sending while the flow restarts.
-        async with asyncio.TaskGroup() as partitions:
-            for records in batch.values():
-                partitions.create_task(partition_in_order(records))
-        await asyncio.gather(*sent)
+        try:
+            # A task group: when one partition fails, the others stop too, rather than going
+            # on calling lookups and sending while the flow restarts.
+            async with asyncio.TaskGroup() as partitions:
+                for records in batch.values():
+                    partitions.create_task(partition_in_order(records))
+            await asyncio.gather(*(ack for one in sent for ack in one.acks))
+        except BaseException as error:
+            for one in sent:  # not committed: each of these records will be processed again
+                one.scope.end(error)
+            raise
+        for one in sent:
+            one.acknowledged()
 
-    async def _send_outcome(
-        self, producer: AIOKafkaProducer, consumed: Any
-    ) -> list[asyncio.Future[Any]]:
+    async def _send_outcome(self, producer: AIOKafkaProducer, consumed: Any) -> _Sent:
         record = InputRecord(
             topic=consumed.topic,
             partition=consumed.partition,
@@ -144,25 +189,30 @@ class FlowRunner:
             value=consumed.value or b"",
             headers=consumed.headers,
         )
-        handled = await self.processor.handle(record)
-        self.processed += 1
-        if handled.dead_letter is not None:
-            self.dead_lettered += 1
-            reason = handled.dead_letter
-            log.warning(
-                "flow %s: %s[%d]@%d dead-lettered at %s: %s: %s",
-                self.plan.name, record.topic, record.partition, record.offset,
-                reason.step, reason.error_type, reason.error,
-            )  # fmt: skip
-        return [
-            await producer.send(
-                write.topic,
-                write.record.value,
-                key=write.record.key,
-                headers=list(write.record.headers),
-            )
-            for write in handled.writes
-        ]
+        scope = self.telemetry.consumed(
+            "mediation", self.plan.name, record, group=self.plan.group_id
+        )
+        with scope.active():
+            handled = await self.processor.handle(record, scope)
+            self.processed += 1
+            if handled.dead_letter is not None:
+                self.dead_lettered += 1
+                reason = handled.dead_letter
+                log.warning(
+                    "flow %s: %s[%d]@%d dead-lettered at %s: %s: %s",
+                    self.plan.name, record.topic, record.partition, record.offset,
+                    reason.step, reason.error_type, reason.error,
+                )  # fmt: skip
+            acks = [
+                await producer.send(
+                    write.topic,
+                    write.record.value,
+                    key=write.record.key,
+                    headers=list(write.record.headers),
+                )
+                for write in handled.writes
+            ]
+        return _Sent(scope, handled.writes, acks)
 
 
 def _next_offsets(batch: dict[TopicPartition, list[Any]]) -> dict[TopicPartition, int]:
@@ -215,7 +265,10 @@ class _FinishBeforeRevoke(ConsumerRebalanceListener):  # type: ignore[misc]
     """A rebalance waits for the batch in hand to be acknowledged and committed, so the new
     owner of a partition starts right after the last record whose work is done."""
 
-    def __init__(self, idle: asyncio.Event, producers: _PartitionProducers | None) -> None:
+    def __init__(
+        self, flow: str, idle: asyncio.Event, producers: _PartitionProducers | None
+    ) -> None:
+        self._flow = flow
         self._idle = idle
         self._producers = producers
 
@@ -227,3 +280,9 @@ class _FinishBeforeRevoke(ConsumerRebalanceListener):  # type: ignore[misc]
     async def on_partitions_assigned(self, assigned: Any) -> None:
         if self._producers is not None:
             await self._producers.assign(assigned)
+        # Said here as the delivery runner says it: aiokafka's own line is below WARNING.
+        log.info(
+            "flow %s: assigned %s",
+            self._flow,
+            ", ".join(sorted(f"{tp.topic}[{tp.partition}]" for tp in assigned)) or "nothing",
+        )

@@ -6,6 +6,9 @@ in-sync replica. When Kafka cannot take it (unreachable, no leader, too slow) `s
 the caller retries, with its idempotency key if it has one. A 503 does not promise that the
 event was not stored: a send that timed out may still land; the key makes the retry the same
 event.
+
+Each store is an `inbound` hop of the endpoint's item (`bus.telemetry.hub`): a PRODUCER span,
+child of the request's SERVER span, whose context the stored record carries.
 """
 
 import asyncio
@@ -20,6 +23,7 @@ from bus.errors import BusError, SchemaRegistryError
 from bus.events.codec import EventCodec
 from bus.events.event import Event
 from bus.kafka_clients import durable_producer
+from bus.telemetry.hub import Telemetry
 
 log = logging.getLogger(__name__)
 RETRY_AFTER_S = 5  # what a 503 tells the caller: long enough for a leader election
@@ -46,10 +50,12 @@ class Ingest:
         codec: EventCodec,
         *,
         deadline: float = 10.0,
+        telemetry: Telemetry | None = None,
         **producer_options: object,
     ) -> None:
         self.codec = codec
         self.deadline = deadline
+        self.telemetry = telemetry or Telemetry.disabled()
         # A send that outlives the answer could still be written after the 503: bound the
         # producer's own wait by the deadline, so that it rarely does (the id makes it harmless
         # when the caller retries with its Idempotency-Key).
@@ -93,9 +99,27 @@ class Ingest:
         if self._producer is not None:
             await self._producer.stop()
 
-    async def store(self, topic: str, event: Event, trace: Mapping[str, str] | None = None) -> None:
+    async def store(
+        self,
+        topic: str,
+        event: Event,
+        trace: Mapping[str, str] | None = None,
+        *,
+        item: str,
+    ) -> None:
         """Return once Kafka acknowledged `event` on `topic`, or raise
-        StorageUnavailableError within the deadline."""
+        StorageUnavailableError within the deadline. `item` is the inbound item storing it."""
+        with self.telemetry.producing("inbound", item, topic) as scope:
+            scope.event(event)
+            scope.hop.topic = topic
+            partition, offset = await self._store(topic, event, scope.carrier(trace))
+            scope.hop.partition = partition
+            scope.hop.offset = offset
+            scope.hop.outcome = "accepted"
+            scope.set("messaging.destination.partition.id", str(partition))
+            scope.set("messaging.kafka.offset", offset)
+
+    async def _store(self, topic: str, event: Event, trace: Mapping[str, str]) -> tuple[int, int]:
         if self._producer is None or not self._started.is_set():
             raise StorageUnavailableError(
                 f"Kafka is not reachable yet; event {event.id} was not stored"
@@ -108,7 +132,7 @@ class Ingest:
             ) from error
         try:
             async with asyncio.timeout(self.deadline):
-                await self._producer.send_and_wait(
+                sent = await self._producer.send_and_wait(
                     topic, record.value, key=record.key, headers=list(record.headers)
                 )
         except TimeoutError:
@@ -125,3 +149,4 @@ class Ingest:
             raise StorageUnavailableError(
                 f"Kafka did not acknowledge event {event.id} on {topic!r}: {error}"
             ) from error
+        return sent.partition, sent.offset

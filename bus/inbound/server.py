@@ -1,24 +1,47 @@
-"""The one HTTP server of a `bus run` process: every adapter's routes, problem+json errors."""
+"""The one HTTP server of a `bus run` process: every adapter's routes, problem+json errors.
+
+Every request is measured (`metrics.inbound_request`, by the route it matched, never by its
+raw path) and, when tracing is on, is a SERVER span continuing the caller's `traceparent`,
+current while the handler runs, so that the event it stores is a child of it.
+"""
 
 import logging
+import time
 from collections.abc import Sequence
+from typing import Any
 
 from aiohttp import web
+from opentelemetry import context as otel_context
+from opentelemetry import trace
+from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 
 from bus.http.problem import problem_middleware
+from bus.telemetry.hub import Telemetry
+from bus.telemetry.tracing import TRACE_HEADERS, extract
 
 log = logging.getLogger(__name__)
 # Requests under way may finish this long (their events are being stored): more than the
 # ingest deadline plus a schema registry round trip, so that none is cut off mid-store.
 SHUTDOWN_S = 25.0
+UNMATCHED = "unmatched"  # the route of a request that matched none (a 404), as metrics say it
+SERVER_ERROR = 500
 
 
 class InboundServer:
-    def __init__(self, host: str, port: int, routes: Sequence[web.RouteDef]) -> None:
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        routes: Sequence[web.RouteDef],
+        *,
+        telemetry: Telemetry | None = None,
+    ) -> None:
         self.host = host
         self.port = port
-        # Handlers read bodies themselves, each against its endpoint's own limit.
-        app = web.Application(middlewares=[problem_middleware], client_max_size=0)
+        observed = _observed(telemetry or Telemetry.disabled())
+        # Handlers read bodies themselves, each against its endpoint's own limit. The telemetry
+        # middleware is outermost: it sees the status problem_middleware answered with.
+        app = web.Application(middlewares=[observed, problem_middleware], client_max_size=0)
         app.add_routes(routes)
         self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=SHUTDOWN_S)
 
@@ -37,3 +60,60 @@ class InboundServer:
     @property
     def url(self) -> str:
         return f"http://{self.host}:{self.port}"
+
+
+def _observed(telemetry: Telemetry) -> Any:
+    metrics, tracing = telemetry.metrics, telemetry.tracing
+
+    @web.middleware
+    async def observe(request: web.Request, handler: Any) -> web.StreamResponse:
+        started = time.perf_counter()
+        resource = request.match_info.route.resource
+        route = resource.canonical if resource is not None else UNMATCHED
+        span = _server_span(telemetry, request, route) if tracing.enabled else None
+        token = None if span is None else otel_context.attach(trace.set_span_in_context(span))
+        status = SERVER_ERROR  # unless an answer says otherwise
+        try:
+            response: web.StreamResponse = await handler(request)
+            status = response.status
+            return response
+        except web.HTTPException as answer:  # aiohttp's own answers, raised
+            status = answer.status
+            raise
+        finally:
+            metrics.inbound_request(route, request.method, status, time.perf_counter() - started)
+            if span is not None and token is not None:
+                otel_context.detach(token)
+                _end_server_span(span, status)
+
+    return observe
+
+
+def _server_span(telemetry: Telemetry, request: web.Request, route: str) -> Span:
+    carrier = {name: request.headers[name] for name in TRACE_HEADERS if name in request.headers}
+    host, _, port = request.host.partition(":")
+    attributes = {
+        "http.request.method": request.method,
+        "http.route": route,
+        "url.path": request.path,
+        "url.scheme": request.scheme,
+        "server.address": host,
+        "network.protocol.version": f"{request.version.major}.{request.version.minor}",
+    }
+    span = telemetry.tracing.start_span(
+        f"{request.method} {route}",
+        SpanKind.SERVER,
+        parent=extract(carrier),
+        attributes=attributes,
+    )
+    if port.isdigit():
+        span.set_attribute("server.port", int(port))
+    return span
+
+
+def _end_server_span(span: Span, status: int) -> None:
+    span.set_attribute("http.response.status_code", status)
+    if status >= SERVER_ERROR:  # a 4xx is the caller's error, not the server's (semconv)
+        span.set_status(Status(StatusCode.ERROR, f"HTTP {status}"))
+        span.set_attribute("error.type", str(status))
+    span.end()
