@@ -2,17 +2,20 @@
 
 import asyncio
 import json
+import logging
 import os
 import signal
 import sys
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import click
 
 from bus import __version__
+from bus.admin.process import dead_letter_topics
+from bus.admin.top import top
 from bus.config import BusSettings, load_settings
 from bus.errors import BusError, ConfigError
 from bus.events.catalog import SchemaCatalog
@@ -21,14 +24,17 @@ from bus.events.compatibility import Policy, check_catalogs, load_baseline
 from bus.flows.build import build_flow
 from bus.flows.dlq import StoredLetter, mark_replayed, read_letters, replay
 from bus.flows.loading import FlowFileError, load_flow_files
-from bus.flows.model import FlowSet
+from bus.flows.model import FlowSet, ObservabilitySettings
 from bus.flows.runtime import run_flows, select
 from bus.flows.validation import flow_file_json_schema, validate_flows
 from bus.local_kafka import bootstrap_servers_for, local_kafka_from
 from bus.local_kafka.readiness import answers_metadata
+from bus.telemetry.hub import Telemetry
 from bus.telemetry.logs import configure_logging
 from bus.telemetry.secrets import secrets_of
+from bus.telemetry.trace_command import trace
 
+log = logging.getLogger("bus.run")
 EXIT_NOT_RUNNING = 3  # as LSB init scripts' `status` says "not running"
 
 
@@ -97,7 +103,7 @@ async def _run_flows(
 
     def on_signal() -> None:
         if stop.is_set():  # a second Ctrl-C: stop now, whatever is in flight
-            click.echo("stopping at once: in-flight work is not committed", err=True)
+            log.warning("stopping at once: in-flight work is not committed")
             os._exit(130)
         stop.set()
 
@@ -110,8 +116,9 @@ async def _run_flows(
     for flow in flows.mediation:
         if flow.name in names:
             build_flow(flow, catalog, EventCodec(catalog), declared)
-    bootstrap = await _reachable_kafka(settings)
-    click.echo(f"running {', '.join(names)} on Kafka {bootstrap}; Ctrl-C stops", err=True)
+    # Logged, not echoed: with JSON logs every line of `bus run` is one JSON object.
+    bootstrap = await _reachable_kafka(settings, say=log.info)
+    log.info("running %s on Kafka %s; Ctrl-C stops", ", ".join(names), bootstrap)
     abandoned = await run_flows(
         flows,
         catalog,
@@ -121,13 +128,14 @@ async def _run_flows(
         stop=stop,
     )
     if abandoned:
-        click.echo(
-            f"stopped after the {shutdown_grace:g} s grace period; {', '.join(abandoned)} "
-            "abandoned the batch in hand (not committed: it will be processed again)",
-            err=True,
+        log.warning(
+            "stopped after the %g s grace period; %s abandoned the batch in hand (not "
+            "committed: it will be processed again)",
+            shutdown_grace,
+            ", ".join(abandoned),
         )
     else:
-        click.echo("stopped: in-flight work finished and committed", err=True)
+        log.info("stopped: in-flight work finished and committed")
 
 
 async def _lookup_not_started(**_: object) -> object:
@@ -161,8 +169,8 @@ def _checked_flows(files: Sequence[Path], settings: BusSettings) -> tuple[FlowSe
     return flows, catalog
 
 
-async def _reachable_kafka(settings: BusSettings) -> str:
-    bootstrap = await bootstrap_servers_for(settings, say=_say)
+async def _reachable_kafka(settings: BusSettings, say: Callable[[str], None] = _say) -> str:
+    bootstrap = await bootstrap_servers_for(settings, say=say)
     if not await answers_metadata(bootstrap, within=10.0):
         raise BusError(
             f"Kafka at {bootstrap} does not answer a metadata request; check that the cluster "
@@ -269,10 +277,7 @@ def _dlq_topic(flow: str, topic: str | None, files: Sequence[Path]) -> str:
     if topic:
         return topic
     if files:
-        flows = load_flow_files(files)
-        named = {flow.name: flow.dlq for flow in flows.mediation}
-        named |= {outbound.name: outbound.dlq for outbound in flows.outbound}
-        named |= {inbound.name: f"{inbound.name}.dlq" for inbound in flows.inbound}
+        named = dead_letter_topics(load_flow_files(files))
         if flow not in named:
             raise ConfigError(
                 f"nothing named {flow!r} in {', '.join(map(str, files))}; the names are: "
@@ -358,15 +363,25 @@ def replay_letters(
         raise click.UsageError("give --offset N (one or more) or --all")
     dlq_topic = _dlq_topic(flow, topic, files)
 
+    # A replay is a hop of each event's journey, recorded where the flow files say.
+    observability = load_flow_files(files).observability if files else ObservabilitySettings()
+
     async def go() -> list[str]:
         bootstrap = await _reachable_kafka(load_settings())
         if everything:  # only what an earlier --all did not replay yet
             chosen = await read_letters(bootstrap, dlq_topic, unreplayed=True)
-            sent = await replay(bootstrap, chosen)
+        else:
+            letters = await read_letters(bootstrap, dlq_topic)
+            chosen = [_pick(letters, partition, offset) for offset in offsets]
+        telemetry = Telemetry.from_settings(observability, bootstrap)
+        await telemetry.start()
+        try:
+            sent = await replay(bootstrap, chosen, telemetry=telemetry)
+        finally:
+            await telemetry.close()
+        if everything:
             await mark_replayed(bootstrap, chosen)
-            return sent
-        letters = await read_letters(bootstrap, dlq_topic)
-        return await replay(bootstrap, [_pick(letters, partition, o) for o in offsets])
+        return sent
 
     replayed = asyncio.run(go())
     for line in replayed:
@@ -434,3 +449,7 @@ def status() -> None:
         f"running (pid {current.pid}) at {current.bootstrap_servers}"
         + ("" if answering else ", but not answering metadata requests yet")
     )
+
+
+main.add_command(trace)
+main.add_command(top)

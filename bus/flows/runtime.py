@@ -1,16 +1,21 @@
 """`bus run`: every item of a flow set in one asyncio process, until told to stop: inbound
-endpoints on one HTTP server, pollers, mediation flows and outbound deliveries."""
+endpoints on one HTTP server, pollers, mediation flows and outbound deliveries.
+
+Every part gets the process's one `Telemetry` (spans, journeys, metrics, the status board), and
+the board says what each item is doing: the supervisor sets its state, the runners its consumer.
+"""
 
 import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable, Coroutine, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Sequence
 from typing import Any
 
 import aiohttp
 from aiohttp import web
 
+from bus.admin.process import admin_server_for
 from bus.delivery.contract import Delivery
 from bus.delivery.plan import delivery_plan_from
 from bus.delivery.replies import reply_plan_from
@@ -31,6 +36,9 @@ from bus.resilience.circuit_breaker import breaker_from
 from bus.resilience.guarded_lookup import GuardedLookup
 from bus.resilience.rate_limit import limiter_from
 from bus.resilience.retry import policy_from
+from bus.telemetry.http_client import tracing_config
+from bus.telemetry.hub import Telemetry
+from bus.telemetry.status import ItemKind, ItemState, ItemStatus
 
 log = logging.getLogger(__name__)
 RESTART_BACKOFF = (1.0, 30.0)  # first and longest wait before a failed flow starts again
@@ -77,32 +85,78 @@ async def run_flows(
     only: Sequence[str] = (),
     shutdown_grace: float = 30.0,
     stop: asyncio.Event,
+    telemetry: Telemetry | None = None,
 ) -> list[str]:
     """Run the selected items until `stop` is set: the inbound HTTP server and pollers, the
     mediation flows and the outbound deliveries. Then stop accepting requests, let each flow and
     delivery finish its work in hand within `shutdown_grace` seconds and commit. Returns the
-    names of those that had to abandon work (uncommitted: the next owner does it again)."""
+    names of those that had to abandon work (uncommitted: the next owner does it again).
+
+    `telemetry` is the caller's to start and close (the admin API shares it); without one, the
+    run makes its own from the flow files' `observability` block, and closes it at the end."""
+    async with _telemetry_for(flows, bootstrap_servers, telemetry) as chosen_telemetry:
+        return await _run(
+            flows,
+            catalog,
+            bootstrap_servers=bootstrap_servers,
+            only=only,
+            shutdown_grace=shutdown_grace,
+            stop=stop,
+            telemetry=chosen_telemetry,
+        )
+
+
+@contextlib.asynccontextmanager
+async def _telemetry_for(
+    flows: FlowSet, bootstrap_servers: str, given: Telemetry | None
+) -> AsyncIterator[Telemetry]:
+    """The caller's telemetry, or one of the run's own, started and closed with it."""
+    if given is not None:
+        yield given
+        return
+    telemetry = Telemetry.from_settings(flows.observability, bootstrap_servers)
+    await telemetry.start()
+    try:
+        yield telemetry
+    finally:
+        await telemetry.close()
+
+
+async def _run(
+    flows: FlowSet,
+    catalog: SchemaCatalog,
+    *,
+    bootstrap_servers: str,
+    only: Sequence[str],
+    shutdown_grace: float,
+    stop: asyncio.Event,
+    telemetry: Telemetry,
+) -> list[str]:
     registry_url = flows.kafka.schema_registry if flows.kafka else None
     registry = SchemaRegistryClient(registry_url) if registry_url else None
     codec = EventCodec(catalog, registry)
     chosen = set(select(flows, only))
-    defaults = flows.topics
-    created = await ensure_topics(
-        bootstrap_servers,
-        needed_topics(flows, chosen),
-        partitions=(defaults.partitions if defaults and defaults.partitions else 6),
-        replication_factor=defaults.replication_factor if defaults else None,
+    await _create_topics(flows, chosen, bootstrap_servers)
+    ingest = Ingest(bootstrap_servers, codec, telemetry=telemetry)
+    # Outgoing requests carry the current span's traceparent; untraced, the session has no hook.
+    session = aiohttp.ClientSession(
+        trace_configs=[tracing_config()] if telemetry.tracing.enabled else None
     )
-    if created:
-        log.info("created topics: %s", ", ".join(created))
-    ingest = Ingest(bootstrap_servers, codec)
-    session = aiohttp.ClientSession()
     runtimes: dict[str, AdapterRuntime] = {}
     server: InboundServer | None = None
+    unsupervised = _unsupervised_items(flows, chosen, telemetry)
+    admin = admin_server_for(flows, telemetry, bootstrap_servers=bootstrap_servers, session=session)
     try:
+        if admin is not None:  # first: /healthz and /readyz answer while the items start
+            await admin.start()
+            log.info("admin API listening on %s", admin.url)
         context = AdapterContext(flows, catalog, codec, ingest, session, bootstrap_servers)
         lookups: dict[str, Lookup] = {
-            item.name: _guarded(item, _runtime(runtimes, item.adapter, context).add_lookup(item))
+            item.name: _guarded(
+                item,
+                _runtime(runtimes, item.adapter, context).add_lookup(item),
+                telemetry.board.item(item.name, "lookup"),
+            )
             for item in flows.lookups
         }
         built = [
@@ -111,14 +165,15 @@ async def run_flows(
             if flow.name in chosen
         ]
         work: list[tuple[str, Coroutine[Any, Any, None]]] = [
-            (flow.plan.name, _supervise(flow, bootstrap_servers, stop)) for flow in built
+            (flow.plan.name, _supervise(flow, bootstrap_servers, stop, telemetry)) for flow in built
         ]
-        work += _add_adapter_items(flows, chosen, context, runtimes, stop)
+        work += _add_adapter_items(flows, chosen, context, runtimes, stop=stop, telemetry=telemetry)
         routes = [route for runtime in runtimes.values() for route in runtime.routes()]
         work += [(f"{name} adapter", runtime.run(stop)) for name, runtime in runtimes.items()]
         tasks = [asyncio.create_task(coroutine) for _, coroutine in work]
         if routes:
-            server = await _open_server(flows, ingest, routes, stop)
+            server = await _open_server(flows, ingest, routes, stop, telemetry)
+        _enter(unsupervised, ItemState.RUNNING)
         await stop.wait()
         deadline = asyncio.get_running_loop().time() + shutdown_grace
         if server is not None:  # no new requests; those under way are answered
@@ -133,14 +188,29 @@ async def run_flows(
             await asyncio.wait_for(asyncio.gather(*tasks, return_exceptions=True), TEARDOWN_S)
         return [name for (name, _), task in zip(work, tasks, strict=True) if task in pending]
     finally:
+        _enter(unsupervised, ItemState.STOPPED)
         if server is not None:
             await server.stop()
         for runtime in runtimes.values():
             await runtime.close()
         await ingest.stop()
+        if admin is not None:
+            await admin.stop()
         await session.close()
         if registry is not None:
             await registry.close()
+
+
+async def _create_topics(flows: FlowSet, chosen: set[str], bootstrap_servers: str) -> None:
+    defaults = flows.topics
+    created = await ensure_topics(
+        bootstrap_servers,
+        needed_topics(flows, chosen),
+        partitions=(defaults.partitions if defaults and defaults.partitions else 6),
+        replication_factor=defaults.replication_factor if defaults else None,
+    )
+    if created:
+        log.info("created topics: %s", ", ".join(created))
 
 
 def _add_adapter_items(
@@ -148,7 +218,9 @@ def _add_adapter_items(
     chosen: set[str],
     context: AdapterContext,
     runtimes: dict[str, AdapterRuntime],
+    *,
     stop: asyncio.Event,
+    telemetry: Telemetry,
 ) -> list[tuple[str, Coroutine[Any, Any, None]]]:
     """Hand each chosen inbound and outbound item to its adapter; return the deliveries' work."""
     # Every installed adapter takes part, even without items: it may serve something of its
@@ -162,12 +234,16 @@ def _add_adapter_items(
     for outbound in flows.outbound:
         if outbound.name in chosen:
             delivery = _runtime(runtimes, outbound.adapter, context).add_outbound(outbound)
-            work.append((outbound.name, _deliver(outbound, delivery, context, stop)))
+            work.append((outbound.name, _deliver(outbound, delivery, context, stop, telemetry)))
     return work
 
 
 async def _open_server(
-    flows: FlowSet, ingest: Ingest, routes: Sequence[web.RouteDef], stop: asyncio.Event
+    flows: FlowSet,
+    ingest: Ingest,
+    routes: Sequence[web.RouteDef],
+    stop: asyncio.Event,
+    telemetry: Telemetry,
 ) -> InboundServer | None:
     """The inbound server, listening; None if told to stop before it opened."""
     await ingest.start()
@@ -183,19 +259,44 @@ async def _open_server(
     if not connected.result():
         log.warning("Kafka is not reachable yet; inbound requests get 503 until it is")
     http = flows.http or HttpSettings()
-    server = InboundServer(http.host, http.port, routes)
+    server = InboundServer(http.host, http.port, routes, telemetry=telemetry)
     await server.start()
     return server
 
 
-def _guarded(item: LookupItem, lookup: Lookup) -> Lookup:
+def _guarded(item: LookupItem, lookup: Lookup, status: ItemStatus) -> Lookup:
+    status.breaker = breaker_from(item.circuit_breaker) if item.circuit_breaker else None
     return GuardedLookup(
         item.name,
         lookup,
         policy_from(item.retry),
-        breaker_from(item.circuit_breaker) if item.circuit_breaker else None,
+        status.breaker,
         limiter_from(item.rate_limit) if item.rate_limit else None,
     )
+
+
+def _item(
+    telemetry: Telemetry, name: str, kind: ItemKind, dead_letter_topic: str | None = None
+) -> ItemStatus:
+    status = telemetry.board.item(name, kind)
+    status.dead_letter_topic = dead_letter_topic
+    return status
+
+
+def _unsupervised_items(flows: FlowSet, chosen: set[str], telemetry: Telemetry) -> list[ItemStatus]:
+    """The items no supervisor runs (inbound endpoints and pollers, lookups): on the board as
+    running from when the inbound server opens until the run ends."""
+    inbound = [
+        _item(telemetry, item.name, "inbound", f"{item.name}.dlq")
+        for item in flows.inbound
+        if item.name in chosen
+    ]
+    return inbound + [telemetry.board.item(item.name, "lookup") for item in flows.lookups]
+
+
+def _enter(statuses: Sequence[ItemStatus], state: ItemState) -> None:
+    for status in statuses:
+        status.enter(state)
 
 
 def _runtime(
@@ -207,7 +308,11 @@ def _runtime(
 
 
 async def _deliver(
-    outbound: Outbound, delivery: Delivery, context: AdapterContext, stop: asyncio.Event
+    outbound: Outbound,
+    delivery: Delivery,
+    context: AdapterContext,
+    stop: asyncio.Event,
+    telemetry: Telemetry,
 ) -> None:
     # One plan for all restarts: the circuit breaker remembers the endpoint's state.
     plan = delivery_plan_from(outbound)
@@ -215,20 +320,28 @@ async def _deliver(
 
     async def run_once() -> None:
         runner = DeliveryRunner(
-            plan, delivery, context.codec, context.bootstrap_servers, reply=reply
+            plan,
+            delivery,
+            context.codec,
+            context.bootstrap_servers,
+            reply=reply,
+            telemetry=telemetry,
         )
         await runner.run(stop)
 
-    await _keep_running(f"delivery {outbound.name}", run_once, stop)
+    status = _item(telemetry, outbound.name, "outbound", plan.dead_letter_topic)
+    await _keep_running(f"delivery {outbound.name}", run_once, stop, status)
 
 
-async def _supervise(flow: BuiltFlow, bootstrap_servers: str, stop: asyncio.Event) -> None:
+async def _supervise(
+    flow: BuiltFlow, bootstrap_servers: str, stop: asyncio.Event, telemetry: Telemetry
+) -> None:
     batch_size = flow.plan.max_in_flight
 
     async def run_once() -> None:
         nonlocal batch_size
         while True:
-            runner = FlowRunner(flow.plan, flow.processor, bootstrap_servers)
+            runner = FlowRunner(flow.plan, flow.processor, bootstrap_servers, telemetry=telemetry)
             runner.batch_size = batch_size
             try:
                 await runner.run(stop)
@@ -237,24 +350,30 @@ async def _supervise(flow: BuiltFlow, bootstrap_servers: str, stop: asyncio.Even
                 batch_size = max(1, batch_size // 2)
                 log.warning("%s; batches of at most %d records from now on", slow, batch_size)
 
-    await _keep_running(f"flow {flow.plan.name}", run_once, stop)
+    status = _item(telemetry, flow.plan.name, "mediation", flow.plan.dead_letter_topic)
+    await _keep_running(f"flow {flow.plan.name}", run_once, stop, status)
 
 
 async def _keep_running(
-    what: str, run_once: Callable[[], Awaitable[None]], stop: asyncio.Event
+    what: str, run_once: Callable[[], Awaitable[None]], stop: asyncio.Event, status: ItemStatus
 ) -> None:
     """Run until it returns (told to stop); after a failure (Kafka gone, a send refused) run it
-    again, from the last commit, waiting longer each time."""
+    again, from the last commit, waiting longer each time. `status` says which it is doing."""
     wait = RESTART_BACKOFF[0]
-    while not stop.is_set():
-        started = time.monotonic()
-        try:
-            await run_once()
-            return
-        except Exception:
-            if time.monotonic() - started > HEALTHY_RUN:
-                wait = RESTART_BACKOFF[0]  # a new failure after a good run, not a crash loop
-            log.exception("%s failed; restarting in %.0f s", what, wait)
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stop.wait(), wait)
-        wait = min(wait * 2, RESTART_BACKOFF[1])
+    try:
+        while not stop.is_set():
+            started = time.monotonic()
+            status.enter(ItemState.RUNNING)
+            try:
+                await run_once()
+                return
+            except Exception as error:
+                if time.monotonic() - started > HEALTHY_RUN:
+                    wait = RESTART_BACKOFF[0]  # a new failure after a good run, not a crash loop
+                status.enter(ItemState.RESTARTING, error)
+                log.exception("%s failed; restarting in %.0f s", what, wait)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), wait)
+            wait = min(wait * 2, RESTART_BACKOFF[1])
+    finally:
+        status.enter(ItemState.STOPPED)

@@ -1,0 +1,614 @@
+"""The admin API over real sockets: auth on every route, health, readiness against a real broker
+(one of the tests stops and restarts a broker of its own), the item board, journeys and the
+dead-letter routes on real topics.
+
+Each test starts an AdminServer on a free port and calls it with aiohttp; nothing is mocked but
+the journey reader (read_journey is tested with the journey recorder) and the metrics text
+(BusMetrics is tested on its own): both are given as the small callables the server takes.
+"""
+
+import asyncio
+import base64
+import contextlib
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+import aiohttp
+import pytest
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+
+from bus.admin.readiness import KAFKA_CACHE_FOR
+from bus.admin.server import AdminServer
+from bus.errors import BusError, ConfigError
+from bus.flows.dead_letters import DeadLetter, InputRecord
+from bus.flows.dlq import StoredLetter, replay
+from bus.flows.model import AdminSettings
+from bus.local_kafka import KafkaDistribution, LocalKafka
+from bus.resilience.circuit_breaker import CircuitBreaker
+from bus.telemetry.status import ItemState, StatusBoard
+from tests.conftest import TEST_BROKER_OVERRIDES, free_ports, kafka_cache_dir
+from tests.flow_harness import read_records
+
+KEY = "admin-api-key-5c1e9b"
+PASSWORD = "admin-password-8d3f02"
+API_KEY_AUTH = {"api_key": {"header": "X-Admin-Key", "keys": [KEY]}}
+BASIC_AUTH = {"basic": {"users": {"sre": PASSWORD}}}
+PROBLEM = "application/problem+json"
+PROMETHEUS = "text/plain; version=0.0.4; charset=utf-8"
+JOURNEY = {"root_id": "e-1", "hops": [{"kind": "inbound", "flow": "crm-webhook"}]}
+
+
+class FixedMetrics:
+    def exposition(self) -> tuple[bytes, str]:
+        return b'bus_events_in_total{flow="router",kind="mediation"} 7.0\n', PROMETHEUS
+
+
+async def stub_journeys(event_id: str) -> dict[str, Any] | None:
+    if event_id == "e-broken":
+        raise BusError("the journey topic bus.journeys cannot be read: broker gone")
+    return JOURNEY if event_id == "e-1" else None
+
+
+async def no_replay(letters: Sequence[StoredLetter]) -> list[str]:
+    raise AssertionError("no replay expected in this test")
+
+
+@contextlib.asynccontextmanager
+async def admin_server(
+    settings: AdminSettings,
+    *,
+    bootstrap_servers: str,
+    board: StatusBoard | None = None,
+    dead_letter_topics: Mapping[str, str] | None = None,
+    replayer: Callable[[Sequence[StoredLetter]], Awaitable[list[str]]] = no_replay,
+) -> AsyncIterator[AdminServer]:
+    async with aiohttp.ClientSession() as session:
+        server = AdminServer(
+            settings,
+            board=board or StatusBoard(),
+            metrics=FixedMetrics(),
+            bootstrap_servers=bootstrap_servers,
+            journeys=stub_journeys,
+            dead_letter_topics=dead_letter_topics or {},
+            replay=replayer,
+            session=session,
+        )
+        await server.start()
+        try:
+            yield server
+        finally:
+            await server.stop()
+
+
+async def call(
+    method: str, url: str, headers: Mapping[str, str] | None = None
+) -> tuple[int, Any, Mapping[str, str]]:
+    """Status, body (JSON when it is JSON, else text) and headers of one request."""
+    async with aiohttp.ClientSession() as session:
+        async with asyncio.timeout(90):
+            async with session.request(method, url, headers=headers) as response:
+                text = await response.text()
+                is_json = response.content_type in ("application/json", PROBLEM)
+                body = await response.json(content_type=None) if is_json else text
+                return response.status, body, response.headers
+
+
+async def wait_for_status(
+    url: str, status: int, within: float, headers: Mapping[str, str] | None = None
+) -> Any:
+    """Poll `url` until it answers `status`; the last body, or fail saying what it said."""
+    last: tuple[int, Any] = (0, None)
+    try:
+        async with asyncio.timeout(within):
+            while last[0] != status:
+                code, body, _ = await call("GET", url, headers)
+                last = (code, body)
+                if code != status:
+                    await asyncio.sleep(0.2)
+    except TimeoutError as timeout:
+        raise AssertionError(f"{url} still answers {last} after {within} s") from timeout
+    return last[1]
+
+
+def loopback(**changes: Any) -> AdminSettings:
+    return AdminSettings(host="127.0.0.1", port=0, **changes)
+
+
+# -- auth ----------------------------------------------------------------------------------------
+
+ROUTES = [
+    ("GET", "/healthz", 200),
+    ("GET", "/readyz", 200),
+    ("GET", "/metrics", 200),
+    ("GET", "/flows", 200),
+    ("GET", "/flows/crm-webhook", 200),
+    ("GET", "/journeys/e-1", 200),
+    ("GET", "/dlq", 200),
+    ("GET", "/dlq/router", 404),  # no such flow here: the route ran, past auth
+    ("GET", "/dlq/router/0/0", 404),
+    ("POST", "/dlq/router/0/0/replay", 404),
+    ("POST", "/dlq/router/replay", 404),
+    ("GET", "/no/such/route", 404),
+]
+
+
+@pytest.mark.parametrize(
+    ("auth", "good", "bad"),
+    [
+        (API_KEY_AUTH, {"X-Admin-Key": KEY}, {"X-Admin-Key": KEY + "x"}),
+        (
+            BASIC_AUTH,
+            {"Authorization": aiohttp.encode_basic_auth("sre", PASSWORD)},
+            {"Authorization": aiohttp.encode_basic_auth("sre", "guess")},
+        ),
+    ],
+    ids=["api_key", "basic"],
+)
+async def test_every_route_refuses_anonymous_and_wrong_credentials_and_serves_a_valid_one(
+    auth: dict[str, Any], good: dict[str, str], bad: dict[str, str], bootstrap_servers: str
+) -> None:
+    board = StatusBoard()
+    board.item("crm-webhook", "inbound").enter(ItemState.RUNNING)
+    # On all interfaces: allowed because auth is set.
+    settings = AdminSettings(host="0.0.0.0", port=0, auth=auth)
+    async with admin_server(settings, bootstrap_servers=bootstrap_servers, board=board) as server:
+        for method, path, served in ROUTES:
+            for headers in (None, bad):
+                status, body, response_headers = await call(method, server.url + path, headers)
+                assert status == 401, (method, path, headers, body)
+                assert response_headers["Content-Type"] == PROBLEM
+                assert body["type"].endswith(":unauthenticated")
+                assert KEY not in str(body)
+                assert PASSWORD not in str(body)
+                if "basic" in auth:
+                    assert response_headers["WWW-Authenticate"].startswith("Basic")
+            status, body, _ = await call(method, server.url + path, good)
+            assert status == served, (method, path, body)
+        assert "the admin API serves /healthz" in body["detail"]  # the unknown route's 404
+
+
+async def test_without_auth_it_listens_on_loopback_only(bootstrap_servers: str) -> None:
+    for host in ("0.0.0.0", "::", "10.1.2.3", "admin.internal"):
+        with pytest.raises(ConfigError) as refused:
+            async with admin_server(AdminSettings(host=host, port=0), bootstrap_servers=""):
+                pass
+        message = str(refused.value)
+        assert "observability.admin.auth" in message
+        assert host in message
+        assert "host: 127.0.0.1" in message  # the other fix
+
+    for host in ("127.0.0.1", "::1", "localhost"):
+        settings = AdminSettings(host=host, port=0)
+        async with admin_server(settings, bootstrap_servers=bootstrap_servers) as server:
+            status, body, _ = await call("GET", server.url + "/healthz")
+            assert (status, body["status"]) == (200, "alive")
+
+
+async def test_invalid_auth_settings_are_refused_naming_the_key_and_not_the_secret() -> None:
+    invalid = {"api_key": {"header": "X Admin Key", "keys": [KEY]}}
+    with pytest.raises(ConfigError) as refused:
+        async with admin_server(loopback(auth=invalid), bootstrap_servers=""):
+            pass
+    message = str(refused.value)
+    assert "observability.admin.auth.api_key.header" in message
+    assert KEY not in message
+
+
+# -- health, metrics, items, journeys ---------------------------------------------------------
+
+
+async def test_healthz_says_alive_with_the_uptime() -> None:
+    board = StatusBoard()
+    board.started -= 90  # as if the process had started a minute and a half ago
+    async with admin_server(loopback(), bootstrap_servers="", board=board) as server:
+        status, body, _ = await call("GET", server.url + "/healthz")
+    assert status == 200
+    assert body["status"] == "alive"
+    assert 90 <= body["uptime"] < 120
+    assert body["started"] == board.started
+
+
+async def test_metrics_serve_the_exposition_as_it_is() -> None:
+    async with admin_server(loopback(), bootstrap_servers="") as server:
+        status, body, headers = await call("GET", server.url + "/metrics")
+    assert status == 200
+    assert headers["Content-Type"] == PROMETHEUS
+    assert body == FixedMetrics().exposition()[0].decode()
+
+
+@pytest.fixture
+async def half_read_consumer(
+    bootstrap_servers: str,
+    topic_name: Callable[[str], str],
+    create_topics: Callable[..., Awaitable[None]],
+) -> AsyncIterator[AIOKafkaConsumer]:
+    """A consumer that took 2 of the 5 records of a topic: 3 records of lag."""
+    topic = topic_name("orders")
+    await create_topics(topic)
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap_servers)
+    await producer.start()
+    try:
+        for number in range(5):
+            await producer.send_and_wait(topic, f"order-{number}".encode())
+    finally:
+        await producer.stop()
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap_servers, enable_auto_commit=False)
+    await consumer.start()
+    partition = TopicPartition(topic, 0)
+    consumer.assign([partition])
+    await consumer.seek_to_beginning(partition)
+    taken: list[Any] = []
+    async with asyncio.timeout(30):
+        while len(taken) < 2:
+            batches = await consumer.getmany(partition, timeout_ms=500, max_records=2 - len(taken))
+            taken += batches.get(partition, [])
+    try:
+        yield consumer
+    finally:
+        await consumer.stop()
+
+
+async def test_flows_show_each_item_with_state_counters_lag_breaker_and_last_error(
+    half_read_consumer: AIOKafkaConsumer,
+) -> None:
+    board = StatusBoard()
+    router = board.item("router", "mediation")
+    router.enter(ItemState.RUNNING)
+    router.consumer = half_read_consumer
+    router.counters.in_, router.counters.out = 7, 5
+    router.counters.failed, router.counters.dead_lettered = 2, 1
+    router.in_flight = lambda: 3
+    router.dead_letter_topic = "router.dlq"
+    erp = board.item("erp", "outbound")
+    erp.breaker = CircuitBreaker(failures=1)
+    erp.breaker.record_failure()
+    erp.enter(ItemState.RESTARTING, ConnectionResetError("erp closed the connection"))
+    board.item("crm-webhook", "inbound").enter(ItemState.RUNNING)
+    [topic] = {tp.topic for tp in half_read_consumer.assignment()}
+
+    async with admin_server(loopback(), bootstrap_servers="", board=board) as server:
+        status, flows, _ = await call("GET", server.url + "/flows")
+        one_status, one, _ = await call("GET", server.url + "/flows/erp")
+        missing_status, missing, headers = await call("GET", server.url + "/flows/nope")
+
+    assert status == 200
+    assert abs(flows["now"] - time.time()) < 60
+    items = {item["name"]: item for item in flows["items"]}
+    assert list(items) == ["router", "erp", "crm-webhook"]
+    assert items["router"]["state"] == "running"
+    assert items["router"]["counters"] == {
+        "in": 7,
+        "out": 5,
+        "failed": 2,
+        "dead_lettered": 1,
+        "retried": 0,
+    }
+    assert items["router"]["assigned_partitions"] == 1
+    assert items["router"]["lag"] == 3
+    assert items["router"]["lag_by_partition"] == {f"{topic}[0]": 3}
+    assert items["router"]["in_flight"] == 3
+    assert items["router"]["dead_letter_topic"] == "router.dlq"
+    assert items["erp"]["state"] == "restarting"
+    assert items["erp"]["restarts"] == 1
+    assert items["erp"]["last_error"] == "ConnectionResetError: erp closed the connection"
+    assert items["erp"]["breaker"] == "open"
+    assert items["crm-webhook"]["assigned_partitions"] is None
+    assert items["crm-webhook"]["breaker"] is None
+    assert (one_status, one) == (200, items["erp"])
+    assert missing_status == 404
+    assert headers["Content-Type"] == PROBLEM
+    assert missing["type"].endswith(":unknown-item")
+    assert "crm-webhook, erp, router" in missing["detail"]
+
+
+async def test_journeys_come_from_the_reader_and_unknown_ones_are_404() -> None:
+    async with admin_server(loopback(), bootstrap_servers="") as server:
+        found = await call("GET", server.url + "/journeys/e-1")
+        unknown = await call("GET", server.url + "/journeys/e-404")
+        broken = await call("GET", server.url + "/journeys/e-broken")
+    assert found[:2] == (200, JOURNEY)
+    assert unknown[0] == 404
+    assert unknown[1]["type"].endswith(":unknown-event")
+    assert "e-404" in unknown[1]["detail"]
+    assert broken[0] == 503
+    assert broken[2]["Retry-After"].isdigit()
+    assert "broker gone" in broken[1]["detail"]
+
+
+# -- readiness -----------------------------------------------------------------------------------
+
+
+async def test_readyz_waits_for_every_consumer_to_hold_its_assignment_even_an_empty_one(
+    bootstrap_servers: str,
+    topic_name: Callable[[str], str],
+    create_topics: Callable[..., Awaitable[None]],
+) -> None:
+    topic = topic_name("orders")
+    await create_topics(topic)  # one partition for two members: one of them gets none
+    board = StatusBoard()
+    members = [board.item(name, "mediation") for name in ("router-a", "router-b")]
+    for member in members:
+        member.enter(ItemState.RUNNING)
+    board.item("crm-webhook", "inbound")  # still starting: not a consumer, not counted
+    consumers = [
+        AIOKafkaConsumer(topic, bootstrap_servers=bootstrap_servers, group_id=topic_name("g"))
+        for _ in members
+    ]
+    async with admin_server(loopback(), bootstrap_servers=bootstrap_servers, board=board) as server:
+        status, body, _ = await call("GET", server.url + "/readyz")
+        assert status == 503
+        assert body["checks"]["kafka"]["ok"] is True
+        assert body["checks"]["assigned"] == {
+            "ok": False,
+            "detail": "router-a has no consumer yet; router-b has no consumer yet",
+        }
+        try:
+            for member, consumer in zip(members, consumers, strict=True):
+                await consumer.start()
+                member.consumer = consumer
+            ready = await wait_for_status(server.url + "/readyz", 200, within=60)
+            assert ready["ready"] is True
+            assert all(check["ok"] for check in ready["checks"].values())
+            _, flows, _ = await call("GET", server.url + "/flows")
+            assigned = sorted(item["assigned_partitions"] for item in flows["items"][:2])
+            assert assigned == [0, 1]  # the member with nothing is ready all the same
+
+            members[1].enter(ItemState.RESTARTING, RuntimeError("decode step crashed"))
+            status, body, _ = await call("GET", server.url + "/readyz")
+            assert (status, body["ready"]) == (503, False)
+            assert body["checks"]["assigned"]["ok"] is False
+            assert body["checks"]["assigned"]["detail"].startswith("router-b is restarting")
+            assert body["checks"]["kafka"]["ok"]
+            assert body["checks"]["breakers"]["ok"]
+        finally:
+            for consumer in consumers:
+                await consumer.stop()
+
+
+async def test_readyz_fails_when_every_breaker_is_open(bootstrap_servers: str) -> None:
+    board = StatusBoard()
+    breakers = []
+    for name in ("customer-lookup", "price-lookup"):
+        item = board.item(name, "lookup")
+        item.enter(ItemState.RUNNING)
+        item.breaker = CircuitBreaker(failures=1, reset_after=600)
+        breakers.append(item.breaker)
+    async with admin_server(loopback(), bootstrap_servers=bootstrap_servers, board=board) as server:
+        breakers[0].record_failure()
+        status, body, _ = await call("GET", server.url + "/readyz")
+        assert status == 200
+        assert body["checks"]["breakers"] == {
+            "ok": True,
+            "detail": "1 of 2 circuit breaker(s) open",
+        }
+
+        breakers[1].record_failure()
+        status, body, _ = await call("GET", server.url + "/readyz")
+        assert (status, body["ready"]) == (503, False)
+        assert body["checks"]["breakers"] == {
+            "ok": False,
+            "detail": "every circuit breaker is open: customer-lookup, price-lookup",
+        }
+        assert body["checks"]["kafka"]["ok"]
+        assert body["checks"]["assigned"]["ok"]
+
+
+async def test_readyz_probes_share_one_kafka_answer_for_a_second() -> None:
+    connections = 0
+
+    async def refuse_kafka(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal connections
+        connections += 1  # a listener that speaks no Kafka: every probe fails after connecting
+        writer.close()
+
+    listener = await asyncio.start_server(refuse_kafka, "127.0.0.1", 0)
+    port = listener.sockets[0].getsockname()[1]
+    try:
+        async with admin_server(loopback(), bootstrap_servers=f"127.0.0.1:{port}") as server:
+            burst = await asyncio.gather(*(call("GET", server.url + "/readyz") for _ in range(10)))
+            assert {status for status, _, _ in burst} == {503}
+            assert all(body["checks"]["kafka"]["ok"] is False for _, body, _ in burst)
+            one_probe = connections
+            assert 1 <= one_probe <= 2  # its TCP check, then its metadata request
+
+            await asyncio.sleep(KAFKA_CACHE_FOR)  # the answer is now stale
+            status, _, _ = await call("GET", server.url + "/readyz")
+            assert status == 503
+            assert connections > one_probe
+    finally:
+        listener.close()
+        await listener.wait_closed()
+
+
+@pytest.mark.timeout(360)
+async def test_readyz_follows_a_broker_that_stops_and_starts_again(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    client_port, controller_port = free_ports(2)
+    broker = LocalKafka(
+        state_dir=tmp_path_factory.mktemp("kafka-readiness"),
+        distribution=KafkaDistribution.pinned(kafka_cache_dir()),
+        client_port=client_port,
+        controller_port=controller_port,
+        overrides=TEST_BROKER_OVERRIDES,
+        heap="512m",
+        die_with_parent=True,
+    )
+    await broker.start(ready_within=90)
+    try:
+        async with admin_server(
+            loopback(),
+            bootstrap_servers=broker.bootstrap_servers,
+            dead_letter_topics={"router": "router.dlq"},
+        ) as server:
+            ready = server.url + "/readyz"
+            body = await wait_for_status(ready, 200, within=10)
+            assert body["checks"]["kafka"]["ok"] is True
+
+            await asyncio.to_thread(broker.stop)
+            stopped = time.monotonic()
+            body = await wait_for_status(ready, 503, within=10)
+            assert time.monotonic() - stopped < 5
+            assert body["checks"]["kafka"] == {
+                "ok": False,
+                "detail": f"{broker.bootstrap_servers} did not answer a metadata request "
+                "within 2 s",
+            }
+            status, dlq, headers = await call("GET", server.url + "/dlq/router")
+            assert status == 503
+            assert dlq["type"].endswith(":kafka-unavailable")
+            assert headers["Retry-After"].isdigit()
+
+            await broker.start(ready_within=90)  # the same ports and state directory
+            body = await wait_for_status(ready, 200, within=30)
+            assert body["ready"] is True
+    finally:
+        if broker.status().running:
+            await asyncio.to_thread(broker.stop)
+
+
+# -- dead letters --------------------------------------------------------------------------------
+
+
+async def test_dead_letters_are_listed_inspected_and_replayed(
+    bootstrap_servers: str,
+    topic_name: Callable[[str], str],
+    create_topics: Callable[..., Awaitable[None]],
+) -> None:
+    source, dlq = topic_name("orders"), topic_name("orders-dlq")
+    await create_topics(source, dlq)
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap_servers)
+    await producer.start()
+    try:
+        for offset in range(3):
+            original = InputRecord(
+                topic=source,
+                partition=0,
+                offset=offset,
+                key=f"customer-{offset}".encode(),
+                value=f"order-{offset}".encode(),
+                headers=[("ce_id", f"e-{offset}".encode())],
+            )
+            reason = DeadLetter(
+                error_type="MappingError",
+                error=f"order-{offset}: total is not a number",
+                flow="router",
+                step="transform",
+                topic=source,
+                partition=0,
+                offset=offset,
+                attempts=1,
+                time=datetime(2026, 11, 24, 12, 0, offset, tzinfo=UTC),
+            )
+            record = reason.to_record(original)
+            await producer.send_and_wait(
+                dlq, record.value, key=record.key, headers=list(record.headers)
+            )
+    finally:
+        await producer.stop()
+
+    async def replayer(letters: Sequence[StoredLetter]) -> list[str]:
+        return await replay(bootstrap_servers, letters)
+
+    async with admin_server(
+        loopback(),
+        bootstrap_servers=bootstrap_servers,
+        dead_letter_topics={"router": dlq, "ghost": topic_name("never-created")},
+        replayer=replayer,
+    ) as server:
+        url = server.url
+        status, queues, _ = await call("GET", url + "/dlq")
+        assert status == 200
+        by_flow = {queue["flow"]: queue for queue in queues["queues"]}
+        assert by_flow["router"] == {"flow": "router", "topic": dlq, "letters": 3, "unreplayed": 3}
+        assert by_flow["ghost"]["letters"] is None
+        assert "does not exist" in by_flow["ghost"]["error"]
+
+        status, listed, _ = await call("GET", url + "/dlq/router")
+        assert (status, listed["total"]) == (200, 3)
+        assert [letter["offset"] for letter in listed["letters"]] == [0, 1, 2]
+        assert listed["letters"][1]["reason"] == {
+            "error_type": "MappingError",
+            "error": "order-1: total is not a number",
+            "flow": "router",
+            "step": "transform",
+            "topic": source,
+            "partition": 0,
+            "offset": 1,
+            "attempts": 1,
+            "time": "2026-11-24T12:00:01+00:00",
+        }
+        status, limited, _ = await call("GET", url + "/dlq/router?limit=2")
+        assert (status, limited["total"], len(limited["letters"])) == (200, 3, 2)
+        for bad in ("0", "-1", "many"):
+            status, refused, _ = await call("GET", url + f"/dlq/router?limit={bad}")
+            assert (status, refused["type"].split(":")[-1]) == (400, "bad-limit")
+        status, ghost, _ = await call("GET", url + "/dlq/ghost")
+        assert (status, ghost["type"].split(":")[-1]) == (404, "unknown-dead-letter-topic")
+
+        status, letter, _ = await call("GET", url + "/dlq/router/0/1")
+        assert status == 200
+        assert (letter["topic"], letter["partition"], letter["offset"]) == (dlq, 0, 1)
+        assert base64.b64decode(letter["value"]) == b"order-1"
+        assert base64.b64decode(letter["key"]) == b"customer-1"
+        headers = {header["name"]: header["value"] for header in letter["headers"]}
+        assert headers["ce_id"] == "e-1"
+        assert headers["bus_dlq_error"] == "order-1: total is not a number"
+        assert headers["bus_dlq_topic"] == source
+        status, missing, _ = await call("GET", url + "/dlq/router/0/9")
+        assert (status, missing["type"].split(":")[-1]) == (404, "unknown-letter")
+
+        status, one, _ = await call("POST", url + "/dlq/router/0/1/replay")
+        assert (status, one) == (200, {"replayed": [f"{dlq}[0]@1 -> {source}"]})
+        [back] = await read_records(bootstrap_servers, source, 1)
+        assert (back.key, back.value) == (b"customer-1", b"order-1")
+        assert dict(back.headers)["bus_replayed_from"] == f"{dlq}[0]@1".encode()
+        assert not any(name.startswith("bus_dlq_") for name, _ in back.headers)
+
+        status, everything, _ = await call("POST", url + "/dlq/router/replay")
+        assert status == 200
+        assert everything["replayed"] == [f"{dlq}[0]@{offset} -> {source}" for offset in range(3)]
+        arrived = await read_records(bootstrap_servers, source, 4)
+        assert [record.value for record in arrived] == [
+            b"order-1",
+            b"order-0",
+            b"order-1",
+            b"order-2",
+        ]
+        status, again, _ = await call("POST", url + "/dlq/router/replay")
+        assert (status, again) == (200, {"replayed": []})
+        _, queues, _ = await call("GET", url + "/dlq")
+        assert {"flow": "router", "topic": dlq, "letters": 3, "unreplayed": 0} in queues["queues"]
+
+
+async def test_a_record_that_bus_did_not_dead_letter_is_shown_but_not_replayed(
+    bootstrap_servers: str,
+    topic_name: Callable[[str], str],
+    create_topics: Callable[..., Awaitable[None]],
+) -> None:
+    dlq = topic_name("orders-dlq")
+    await create_topics(dlq)
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap_servers)
+    await producer.start()
+    try:
+        await producer.send_and_wait(dlq, b"written by hand")
+    finally:
+        await producer.stop()
+
+    async def replayer(letters: Sequence[StoredLetter]) -> list[str]:
+        return await replay(bootstrap_servers, letters)
+
+    async with admin_server(
+        loopback(),
+        bootstrap_servers=bootstrap_servers,
+        dead_letter_topics={"router": dlq},
+        replayer=replayer,
+    ) as server:
+        status, listed, _ = await call("GET", server.url + "/dlq/router")
+        assert (status, listed["letters"]) == (200, [{"partition": 0, "offset": 0, "reason": None}])
+        for path in ("/dlq/router/0/0/replay", "/dlq/router/replay"):
+            status, refused, _ = await call("POST", server.url + path)
+            assert (status, refused["type"].split(":")[-1]) == (409, "not-replayable")
+            assert "carries no bus_dlq_* headers" in refused["detail"]
