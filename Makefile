@@ -8,16 +8,17 @@ TOOLS := .tools
 UV := $(TOOLS)/bin/uv
 VENV := .venv
 BUS := $(VENV)/bin/bus
-SOURCES := bus adapters tests
+SOURCES := bus adapters tests bench
 
 export UV_PYTHON_DOWNLOADS := never
 
-.PHONY: help setup kafka-jars run test lint kafka-start kafka-stop kafka-status lock clean
+.PHONY: help setup kafka-jars run test lint bench-tracing kafka-start kafka-stop kafka-status lock clean
 
 help:
 	@echo "make run    set up, start the local Kafka broker (unless KAFKA_BOOTSTRAP_SERVERS is set) and bus run"
 	@echo "make test   set up, lint, and run the whole test suite against a real Kafka broker"
 	@echo "make lint   ruff and mypy --strict"
+	@echo "make bench-tracing   what tracing and journeys cost a mediation flow (a few minutes)"
 	@echo "make kafka-start | kafka-stop | kafka-status   the local development broker"
 	@echo "make lock   re-resolve uv.lock after editing dependencies;  make clean   remove .venv .tools .bus"
 
@@ -46,6 +47,9 @@ lint: setup
 
 test: lint kafka-jars
 	$(VENV)/bin/pytest
+
+bench-tracing: kafka-jars
+	$(VENV)/bin/python bench/tracing_overhead.py
 
 kafka-start: kafka-jars
 	$(BUS) kafka start
