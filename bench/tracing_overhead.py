@@ -1,13 +1,17 @@
 """What tracing and event journeys cost a mediation flow, measured on a real broker.
 
 One mediation flow (two filters, a transform to another schema, a route: the example flow of
-`make run`) processes the same pre-encoded events under four settings: tracing and journeys off,
-journeys on, tracing on (spans exported over OTLP/HTTP to a local receiver that accepts them),
-and both. Each setting runs `--repeat` times on fresh topics; the table gives the median, min
-and max events/s between 5% and 100% of the outputs (so the group join does not count), and the
-CPU seconds of the process. Ratios are only meaningful between settings of the same run.
+`make run`) processes the same pre-encoded events under five settings: tracing and journeys
+off, journeys on, tracing on (spans exported over OTLP/HTTP to a local receiver that accepts
+them), tracing of 10% of the journeys, and tracing with journeys. Each setting runs `--repeat`
+times on fresh topics; the table gives the median, min and max events/s between 5% and 100% of
+the outputs (so the group join does not count), the CPU seconds of the process, and the ratio
+to the first setting run. Ratios are only meaningful between settings of the same run.
 
-    .venv/bin/python bench/tracing_overhead.py [--events 20000] [--repeat 3]
+    .venv/bin/python bench/tracing_overhead.py [--events 20000] [--repeat 3] [--only SETTING]
+
+`--plain` leaves the observability block out of the flow file, to measure a bus from before it
+(PYTHONPATH=<its checkout>) on the same broker (KAFKA_BOOTSTRAP_SERVERS): what "off" costs.
 
 Without KAFKA_BOOTSTRAP_SERVERS it starts a broker of its own on free ports.
 """
@@ -48,13 +52,16 @@ SETTINGS = {
     "off": {"tracing": "none", "journeys": False},
     "journeys": {"tracing": "none", "journeys": True},
     "tracing": {"tracing": "otlp", "journeys": False},
+    "tracing 10%": {"tracing": "otlp", "journeys": False, "sample_ratio": 0.1},
     "tracing+journeys": {"tracing": "otlp", "journeys": True},
 }
-FLOW = """
+OBSERVABILITY = """
 observability:
-  tracing: {{exporter: {tracing}, endpoint: "{endpoint}"}}
+  tracing: {{exporter: {tracing}, endpoint: "{endpoint}", sample_ratio: {sample_ratio}}}
   journeys: {{enabled: {journeys}, topic: {journey_topic}}}
   logs: {{level: warning}}
+"""
+FLOW = """
 mediation:
   - name: {name}
     from: {source}
@@ -154,25 +161,29 @@ async def one_run(
     setting: str,
     records: list[tuple[bytes | None, bytes, list[tuple[str, bytes]]]],
     endpoint: str,
+    *,
+    plain: bool,
 ) -> dict[str, float]:
     tag = uuid.uuid4().hex[:8]
     source, output = f"bench.in.{tag}", f"bench.out.{tag}"
     await ensure_topics(bootstrap, [source, output, f"bench-{tag}.dlq"], partitions=PARTITIONS)
     await produce(bootstrap, source, records)
     options = SETTINGS[setting]
-    with tempfile.TemporaryDirectory() as folder:
-        path = Path(folder) / "flow.yaml"
-        path.write_text(
-            FLOW.format(
+    text = FLOW.format(name=f"bench-{tag}", source=source, output=output)
+    if not plain:
+        text = (
+            OBSERVABILITY.format(
                 tracing=options["tracing"],
                 endpoint=endpoint,
                 journeys=str(options["journeys"]).lower(),
+                sample_ratio=options.get("sample_ratio", 1.0),
                 journey_topic=f"bench.journeys.{tag}",
-                name=f"bench-{tag}",
-                source=source,
-                output=output,
             )
+            + text
         )
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "flow.yaml"
+        path.write_text(text)
         flows = load_flow_files([path])
     stop = asyncio.Event()
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap)
@@ -202,20 +213,24 @@ async def one_run(
     return {"events_per_s": (total - at_start) / (now - started), "cpu_s": cpu}
 
 
-async def measure(bootstrap: str, events: int, repeat: int) -> dict[str, object]:
+async def measure(
+    bootstrap: str, events: int, repeat: int, *, only: list[str], plain: bool
+) -> dict[str, object]:
     codec = EventCodec(CATALOG)
     records = []
     for number in range(events):
         record = await codec.encode(customer(number))
         records.append((record.key, record.value, list(record.headers)))
     receiver = OtlpReceiver()
-    results: dict[str, list[dict[str, float]]] = {name: [] for name in SETTINGS}
+    results: dict[str, list[dict[str, float]]] = {name: [] for name in only}
     async with receiver.running() as endpoint:
-        await one_run(bootstrap, "off", records[: min(events, 2000)], endpoint)  # warm-up
+        warm_up = records[: min(events, 2000)]
+        await one_run(bootstrap, only[0], warm_up, endpoint, plain=plain)
         for _ in range(repeat):
-            for setting in SETTINGS:  # interleaved, so drift hits every setting alike
-                results[setting].append(await one_run(bootstrap, setting, records, endpoint))
-    base = statistics.median(run["events_per_s"] for run in results["off"])
+            for setting in only:  # interleaved, so drift hits every setting alike
+                run = await one_run(bootstrap, setting, records, endpoint, plain=plain)
+                results[setting].append(run)
+    base = statistics.median(run["events_per_s"] for run in results[only[0]])
     table = {}
     for setting, runs in results.items():
         rates = [run["events_per_s"] for run in runs]
@@ -224,7 +239,7 @@ async def measure(bootstrap: str, events: int, repeat: int) -> dict[str, object]
             "events_per_s_min": round(min(rates)),
             "events_per_s_max": round(max(rates)),
             "cpu_s_median": round(statistics.median(run["cpu_s"] for run in runs), 2),
-            "vs_off": round(statistics.median(rates) / base, 3),
+            "ratio": round(statistics.median(rates) / base, 3),  # to the first setting
         }
     return {
         "events": events,
@@ -254,6 +269,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--events", type=int, default=20_000)
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument(
+        "--only", action="append", choices=list(SETTINGS), help="Run this setting (repeatable)."
+    )
+    parser.add_argument(
+        "--plain",
+        action="store_true",
+        help="Leave the observability block out of the flow file: for a bus older than it.",
+    )
     arguments = parser.parse_args()
     bootstrap = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
     broker: LocalKafka | None = None
@@ -270,12 +293,15 @@ def main() -> None:
         )
         bootstrap = asyncio.run(broker.start(ready_within=120.0)).bootstrap_servers
     try:
-        report = asyncio.run(measure(bootstrap, arguments.events, arguments.repeat))
+        only = arguments.only or list(SETTINGS)
+        report = asyncio.run(
+            measure(bootstrap, arguments.events, arguments.repeat, only=only, plain=arguments.plain)
+        )
     finally:
         if broker is not None:
             broker.stop()
     print(json.dumps(report, indent=2))
-    columns = ("events/s (median)", "min", "max", "cpu s", "vs off")
+    columns = ("events/s (median)", "min", "max", "cpu s", "ratio")
     print(
         f"\n{'setting':<18} {columns[0]:>18} {columns[1]:>8} {columns[2]:>8} "
         + " ".join(f"{column:>7}" for column in columns[3:])
@@ -283,7 +309,7 @@ def main() -> None:
     for setting, row in report["settings"].items():  # type: ignore[attr-defined]
         print(
             f"{setting:<18} {row['events_per_s_median']:>18} {row['events_per_s_min']:>8} "
-            f"{row['events_per_s_max']:>8} {row['cpu_s_median']:>7} {row['vs_off']:>7}"
+            f"{row['events_per_s_max']:>8} {row['cpu_s_median']:>7} {row['ratio']:>7}"
         )
 
 

@@ -7,8 +7,9 @@ Per item, from each hop as it ends (`observe`); `flow` is the item's name and `k
 inbound, mediation, outbound, replay (a replay hop counts under the flow of the dead letter):
 
 - `bus_events_in_total{flow,kind}`: events the item took in (records consumed, requests taken).
-- `bus_events_out_total{flow,kind}`: events it wrote (mediation outputs, replies, replayed
-  letters); dead letters are counted apart.
+- `bus_events_out_total{flow,kind}`: events it passed on: stored (inbound), written
+  (mediation outputs, replayed letters), delivered (outbound: one per successful call, its
+  reply included); dead letters are counted apart.
 - `bus_events_failed_total{flow,kind}`: hops that failed, whether the event went to the
   dead-letter topic or its work will be redone.
 - `bus_events_dead_lettered_total{flow,kind,step}`: events sent to the dead-letter topic, by the
@@ -89,6 +90,7 @@ LATENCY_BUCKETS = (
 )
 """From a millisecond (a filter step) to ten minutes (an event that waited out an outage)."""
 
+_PASSED_ON = frozenset(("accepted", "delivered"))
 _FAILED = frozenset(("failed", "dead-lettered"))
 _FINISHED = frozenset(("processed", "delivered"))
 _HOP_KINDS: tuple[HopKind, ...] = ("inbound", "mediation", "outbound", "replay")
@@ -194,7 +196,9 @@ class BusMetrics:
         if series is None:
             series = self._item_series(hop.kind, hop.flow)
         outcome = hop.outcome
-        written = len(hop.outputs)
+        # What the item passed on: the outputs it wrote; an inbound endpoint's event stored,
+        # an outbound delivery's call that succeeded (its reply, if any, is part of that).
+        written = 1 if outcome in _PASSED_ON else len(hop.outputs)
         retries = hop.attempts - 1
         failed = outcome in _FAILED
         dead = outcome == "dead-lettered"
