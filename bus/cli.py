@@ -7,7 +7,7 @@ import os
 import signal
 import sys
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -16,18 +16,19 @@ import click
 from bus import __version__
 from bus.admin.process import dead_letter_topics
 from bus.admin.top import top
+from bus.cli_support import checked_flows, reachable_kafka, say, settings_for
 from bus.config import BusSettings, load_settings
 from bus.errors import BusError, ConfigError
 from bus.events.catalog import SchemaCatalog
 from bus.events.codec import EventCodec
 from bus.events.compatibility import Policy, check_catalogs, load_baseline
 from bus.flows.build import build_flow
-from bus.flows.dlq import StoredLetter, mark_replayed, read_letters, replay
-from bus.flows.loading import FlowFileError, load_flow_files
-from bus.flows.model import FlowSet, ObservabilitySettings
+from bus.flows.dlq import StoredLetter, mark_replayed, read_letter, read_letters, replay
+from bus.flows.loading import load_flow_files
+from bus.flows.model import FlowSet
 from bus.flows.runtime import run_flows, select
-from bus.flows.validation import flow_file_json_schema, validate_flows
-from bus.local_kafka import bootstrap_servers_for, local_kafka_from
+from bus.flows.validation import flow_file_json_schema
+from bus.local_kafka import local_kafka_from
 from bus.local_kafka.readiness import answers_metadata
 from bus.telemetry.hub import Telemetry
 from bus.telemetry.logs import configure_logging
@@ -46,10 +47,6 @@ class _BusGroup(click.Group):
             return super().invoke(ctx)
         except BusError as error:
             raise click.ClickException(str(error)) from error
-
-
-def _say(message: str) -> None:
-    click.echo(f"bus: {message}", err=True)
 
 
 @click.group(cls=_BusGroup)
@@ -83,11 +80,8 @@ def run(files: tuple[Path, ...], only: tuple[str, ...], shutdown_grace: float) -
     local broker (started if needed).
     """
     settings = load_settings()
-    flows, catalog = _checked_flows(files, settings)
-    if flows.kafka and flows.kafka.bootstrap_servers:
-        settings = settings.model_copy(
-            update={"kafka_bootstrap_servers": flows.kafka.bootstrap_servers}
-        )
+    flows, catalog = checked_flows(files, settings)
+    settings = settings_for(flows, settings)
     configure_logging(flows.observability.logs, secrets_of(flows))
     asyncio.run(_run_flows(flows, catalog, settings, only, shutdown_grace))
 
@@ -117,7 +111,7 @@ async def _run_flows(
         if flow.name in names:
             build_flow(flow, catalog, EventCodec(catalog), declared)
     # Logged, not echoed: with JSON logs every line of `bus run` is one JSON object.
-    bootstrap = await _reachable_kafka(settings, say=log.info)
+    bootstrap = await reachable_kafka(settings, say=log.info)
     log.info("running %s on Kafka %s; Ctrl-C stops", ", ".join(names), bootstrap)
     abandoned = await run_flows(
         flows,
@@ -147,7 +141,7 @@ async def _lookup_not_started(**_: object) -> object:
 @click.argument("files", nargs=-1, required=True, type=FlowFiles)
 def validate(files: tuple[Path, ...]) -> None:
     """Check flow files without connecting to anything: shape, schemas, expressions, mappings."""
-    flows, _ = _checked_flows(files, load_settings())
+    flows, _ = checked_flows(files, load_settings())
     click.echo(
         f"{len(files)} file(s) valid: {len(flows.inbound)} inbound, "
         f"{len(flows.mediation)} mediation, {len(flows.outbound)} outbound"
@@ -158,25 +152,6 @@ def validate(files: tuple[Path, ...]) -> None:
 def schema_json() -> None:
     """Print the JSON Schema of a flow file, for editors."""
     click.echo(json.dumps(flow_file_json_schema(), indent=2))
-
-
-def _checked_flows(files: Sequence[Path], settings: BusSettings) -> tuple[FlowSet, SchemaCatalog]:
-    flows = load_flow_files(files)
-    catalog = SchemaCatalog.load(settings.schemas_dir)
-    problems = validate_flows(flows, catalog)
-    if problems:
-        raise FlowFileError(problems)
-    return flows, catalog
-
-
-async def _reachable_kafka(settings: BusSettings, say: Callable[[str], None] = _say) -> str:
-    bootstrap = await bootstrap_servers_for(settings, say=say)
-    if not await answers_metadata(bootstrap, within=10.0):
-        raise BusError(
-            f"Kafka at {bootstrap} does not answer a metadata request; check that the cluster "
-            "runs and that KAFKA_BOOTSTRAP_SERVERS names it, or unset it to use the local broker"
-        )
-    return bootstrap
 
 
 @main.group()
@@ -323,7 +298,13 @@ def show(
     flow: str, offset: int, partition: int, topic: str | None, files: tuple[Path, ...]
 ) -> None:
     """Everything about one dead letter: reason, headers, key and value."""
-    letter = _pick(asyncio.run(_letters(_dlq_topic(flow, topic, files))), partition, offset)
+    dlq_topic = _dlq_topic(flow, topic, files)
+
+    async def one() -> StoredLetter:
+        bootstrap = await reachable_kafka(load_settings())
+        return await read_letter(bootstrap, dlq_topic, partition, offset)
+
+    letter = asyncio.run(one())
     click.echo(f"record:  {letter.where}")
     if letter.reason is not None:
         reason = letter.reason
@@ -364,16 +345,19 @@ def replay_letters(
     dlq_topic = _dlq_topic(flow, topic, files)
 
     # A replay is a hop of each event's journey, recorded where the flow files say.
-    observability = load_flow_files(files).observability if files else ObservabilitySettings()
+    flows = load_flow_files(files) if files else FlowSet()
 
     async def go() -> list[str]:
-        bootstrap = await _reachable_kafka(load_settings())
+        bootstrap = await reachable_kafka(load_settings())
         if everything:  # only what an earlier --all did not replay yet
             chosen = await read_letters(bootstrap, dlq_topic, unreplayed=True)
         else:
-            letters = await read_letters(bootstrap, dlq_topic)
-            chosen = [_pick(letters, partition, offset) for offset in offsets]
-        telemetry = Telemetry.from_settings(observability, bootstrap)
+            chosen = [
+                await read_letter(bootstrap, dlq_topic, partition, offset) for offset in offsets
+            ]
+        telemetry = Telemetry.from_settings(
+            flows.observability, bootstrap, secrets=secrets_of(flows)
+        )
         await telemetry.start()
         try:
             sent = await replay(bootstrap, chosen, telemetry=telemetry)
@@ -391,14 +375,7 @@ def replay_letters(
 
 
 async def _letters(topic: str) -> list[StoredLetter]:
-    return await read_letters(await _reachable_kafka(load_settings()), topic)
-
-
-def _pick(letters: Sequence[StoredLetter], partition: int, offset: int) -> StoredLetter:
-    for letter in letters:
-        if (letter.partition, letter.offset) == (partition, offset):
-            return letter
-    raise ConfigError(f"no dead letter at partition {partition}, offset {offset}")
+    return await read_letters(await reachable_kafka(load_settings()), topic)
 
 
 @main.group()
@@ -421,8 +398,8 @@ def start(timeout: float) -> None:
     broker = local_kafka_from(load_settings())
     status = asyncio.run(broker.start(ready_within=timeout))
     for note in broker.notes:
-        _say(note)
-    _say(f"local Kafka broker started (pid {status.pid}, log {status.log_file})")
+        say(note)
+    say(f"local Kafka broker started (pid {status.pid}, log {status.log_file})")
     click.echo(status.bootstrap_servers)
 
 
@@ -440,7 +417,7 @@ def status() -> None:
     broker = local_kafka_from(load_settings())
     current = broker.status()
     for note in broker.notes:
-        _say(note)
+        say(note)
     if not current.running:
         click.echo(f"not running (state in {broker.state_dir})")
         sys.exit(EXIT_NOT_RUNNING)

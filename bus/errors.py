@@ -129,3 +129,27 @@ class TransientDeliveryError(DeliveryError):
 class PermanentDeliveryError(DeliveryError):
     """Trying again cannot help (a 4xx other than 408/429, a SOAP Client fault, a request the
     mapping cannot build): the event goes to the dead-letter topic at once."""
+
+
+class KafkaUnavailableError(BusError):
+    """Kafka failed, or stopped answering, while bus read or wrote a topic for a command or the
+    admin API; the same call may succeed once the cluster answers again."""
+
+
+class DeadLetterTopicMissingError(BusError):
+    """The dead-letter topic asked for does not exist (a wrong flow name, or a topic that no
+    flow has dead-lettered to yet)."""
+
+
+class DeadLetterNotFoundError(BusError):
+    """No dead letter sits at the partition and offset asked for."""
+
+
+class NotReplayableError(BusError):
+    """A dead letter cannot be sent back where it came from: it carries no `bus_dlq_*` headers,
+    or it was never consumed from a topic (a poller's item)."""
+
+
+class JourneyTopicMissingError(BusError):
+    """The journey topic asked for does not exist: nothing with journeys enabled wrote to this
+    cluster yet, or another topic was meant."""

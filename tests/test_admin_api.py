@@ -4,7 +4,8 @@ dead-letter routes on real topics.
 
 Each test starts an AdminServer on a free port and calls it with aiohttp; nothing is mocked but
 the journey reader (read_journey is tested with the journey recorder) and the metrics text
-(BusMetrics is tested on its own): both are given as the small callables the server takes.
+(BusMetrics is tested on its own): both are given as the small callables the server takes. The
+dead-letter readers of bus.flows.dlq, which the routes use, are tested here too.
 """
 
 import asyncio
@@ -20,15 +21,32 @@ import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from bus.admin.readiness import KAFKA_CACHE_FOR
-from bus.admin.server import AdminServer
-from bus.errors import BusError, ConfigError
+from bus.admin.reads import READ_WAIT_S
+from bus.admin.routes import JourneyReader
+from bus.admin.server import SHUTDOWN_S, AdminServer
+from bus.errors import (
+    ConfigError,
+    DeadLetterNotFoundError,
+    DeadLetterTopicMissingError,
+    JourneyTopicMissingError,
+    KafkaUnavailableError,
+)
 from bus.flows.dead_letters import DeadLetter, InputRecord
-from bus.flows.dlq import StoredLetter, replay
+from bus.flows.dlq import (
+    LetterCounts,
+    StoredLetter,
+    count_letters,
+    mark_replayed,
+    read_letter,
+    read_letters,
+    replay,
+)
 from bus.flows.model import AdminSettings
 from bus.local_kafka import KafkaDistribution, LocalKafka
+from bus.local_kafka.readiness import answers_metadata
 from bus.resilience.circuit_breaker import CircuitBreaker
 from bus.telemetry.status import ItemState, StatusBoard
-from tests.conftest import TEST_BROKER_OVERRIDES, free_ports, kafka_cache_dir
+from tests.conftest import TEST_BROKER_OVERRIDES, free_port, free_ports, kafka_cache_dir
 from tests.flow_harness import read_records
 
 KEY = "admin-api-key-5c1e9b"
@@ -45,10 +63,14 @@ class FixedMetrics:
         return b'bus_events_in_total{flow="router",kind="mediation"} 7.0\n', PROMETHEUS
 
 
-async def stub_journeys(event_id: str) -> dict[str, Any] | None:
+async def stub_journeys(event_id: str, since: datetime | None) -> dict[str, Any] | None:
     if event_id == "e-broken":
-        raise BusError("the journey topic bus.journeys cannot be read: broker gone")
-    return JOURNEY if event_id == "e-1" else None
+        raise KafkaUnavailableError("cannot read the journey topic 'bus.journeys': broker gone")
+    if event_id == "e-no-topic":
+        raise JourneyTopicMissingError("the journey topic 'bus.journeys' does not exist")
+    if event_id != "e-1":
+        return None
+    return JOURNEY if since is None else {**JOURNEY, "since": since.isoformat()}
 
 
 async def no_replay(letters: Sequence[StoredLetter]) -> list[str]:
@@ -63,6 +85,8 @@ async def admin_server(
     board: StatusBoard | None = None,
     dead_letter_topics: Mapping[str, str] | None = None,
     replayer: Callable[[Sequence[StoredLetter]], Awaitable[list[str]]] = no_replay,
+    journeys: JourneyReader = stub_journeys,
+    read_wait: float = READ_WAIT_S,
 ) -> AsyncIterator[AdminServer]:
     async with aiohttp.ClientSession() as session:
         server = AdminServer(
@@ -70,10 +94,11 @@ async def admin_server(
             board=board or StatusBoard(),
             metrics=FixedMetrics(),
             bootstrap_servers=bootstrap_servers,
-            journeys=stub_journeys,
+            journeys=journeys,
             dead_letter_topics=dead_letter_topics or {},
             replay=replayer,
             session=session,
+            read_wait=read_wait,
         )
         await server.start()
         try:
@@ -306,15 +331,85 @@ async def test_flows_show_each_item_with_state_counters_lag_breaker_and_last_err
 async def test_journeys_come_from_the_reader_and_unknown_ones_are_404() -> None:
     async with admin_server(loopback(), bootstrap_servers="") as server:
         found = await call("GET", server.url + "/journeys/e-1")
+        since = await call("GET", server.url + "/journeys/e-1?since=2026-11-24T11:59:00")
+        bad_since = await call("GET", server.url + "/journeys/e-1?since=yesterday")
         unknown = await call("GET", server.url + "/journeys/e-404")
+        unknown_since = await call("GET", server.url + "/journeys/e-404?since=2026-11-24T11:59Z")
         broken = await call("GET", server.url + "/journeys/e-broken")
+        no_topic = await call("GET", server.url + "/journeys/e-no-topic")
     assert found[:2] == (200, JOURNEY)
+    # Passed on to the reader, UTC unless it says otherwise.
+    assert since[:2] == (200, {**JOURNEY, "since": "2026-11-24T11:59:00+00:00"})
+    assert bad_since[0] == 400
+    assert bad_since[1]["type"].endswith(":bad-since")
+    assert "'yesterday' is not an ISO 8601 time" in bad_since[1]["detail"]
     assert unknown[0] == 404
     assert unknown[1]["type"].endswith(":unknown-event")
     assert "e-404" in unknown[1]["detail"]
+    assert "since 2026-11-24T11:59:00+00:00" in unknown_since[1]["detail"]
     assert broken[0] == 503
     assert broken[2]["Retry-After"].isdigit()
     assert "broker gone" in broken[1]["detail"]
+    assert no_topic[0] == 404
+    assert no_topic[1]["type"].endswith(":unknown-journey-topic")
+    assert "'bus.journeys' does not exist" in no_topic[1]["detail"]
+
+
+async def test_journeys_and_dead_letters_are_read_one_at_a_time() -> None:
+    started, release = asyncio.Event(), asyncio.Event()
+
+    async def slow_journeys(event_id: str, since: datetime | None) -> dict[str, Any] | None:
+        started.set()
+        await release.wait()
+        return JOURNEY
+
+    async with admin_server(
+        loopback(),
+        bootstrap_servers="",  # never asked: no /dlq call gets its turn
+        dead_letter_topics={"router": "router.dlq"},
+        journeys=slow_journeys,
+        read_wait=0.5,
+    ) as server:
+        first = asyncio.create_task(call("GET", server.url + "/journeys/e-1"))
+        await started.wait()
+        for method, path in [
+            ("GET", "/journeys/e-1"),
+            ("GET", "/dlq"),
+            ("GET", "/dlq/router"),
+            ("GET", "/dlq/router/0/0"),
+            ("POST", "/dlq/router/0/0/replay"),
+            ("POST", "/dlq/router/replay"),
+        ]:
+            status, body, headers = await call(method, server.url + path)
+            assert (status, body["type"].split(":")[-1]) == (503, "busy"), (path, body)
+            assert "another dead-letter or journey read" in body["detail"]
+            assert headers["Retry-After"].isdigit()
+        status, _, _ = await call("GET", server.url + "/healthz")  # reads no topic: not held
+        assert status == 200
+
+        # A caller that the read under way keeps waiting less than read_wait gets its turn.
+        second = asyncio.create_task(call("GET", server.url + "/journeys/e-1"))
+        await asyncio.sleep(0.1)
+        release.set()
+        assert (await first)[:2] == (200, JOURNEY)
+        assert (await second)[:2] == (200, JOURNEY)
+
+
+async def test_stop_cuts_off_a_call_under_way_within_seconds() -> None:
+    started = asyncio.Event()
+
+    async def endless_journeys(event_id: str, since: datetime | None) -> dict[str, Any] | None:
+        started.set()
+        await asyncio.Event().wait()  # as a scan of a huge journey topic would
+        return None
+
+    async with admin_server(loopback(), bootstrap_servers="", journeys=endless_journeys) as server:
+        under_way = asyncio.create_task(call("GET", server.url + "/journeys/e-1"))
+        await started.wait()
+        stopping = time.monotonic()
+    assert time.monotonic() - stopping < 2 * SHUTDOWN_S + 2  # not aiohttp's default 60 s
+    with pytest.raises(aiohttp.ClientError):
+        await under_way
 
 
 # -- readiness -----------------------------------------------------------------------------------
@@ -422,6 +517,28 @@ async def test_readyz_probes_share_one_kafka_answer_for_a_second() -> None:
         await listener.wait_closed()
 
 
+async def test_kafka_answers_while_any_of_its_addresses_does(bootstrap_servers: str) -> None:
+    async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.read()  # accepts the connection, then never answers a request
+        writer.close()
+
+    listener = await asyncio.start_server(silent, "127.0.0.1", 0)
+    mute = f"127.0.0.1:{listener.sockets[0].getsockname()[1]}"
+    down = f"127.0.0.1:{free_port()}"
+    try:
+        # The first brokers are down or mute (for maintenance, say): the last one answers.
+        started = time.monotonic()
+        assert await answers_metadata(f"{down},{mute},{bootstrap_servers}", within=4.0)
+        assert time.monotonic() - started < 4.5
+        # None answers: false, within the time given for all of them.
+        started = time.monotonic()
+        assert not await answers_metadata(f"{mute},{down}", within=1.0)
+        assert time.monotonic() - started < 1.5
+    finally:
+        listener.close()
+        await listener.wait_closed()
+
+
 @pytest.mark.timeout(360)
 async def test_readyz_follows_a_broker_that_stops_and_starts_again(
     tmp_path_factory: pytest.TempPathFactory,
@@ -522,12 +639,18 @@ async def test_dead_letters_are_listed_inspected_and_replayed(
         status, queues, _ = await call("GET", url + "/dlq")
         assert status == 200
         by_flow = {queue["flow"]: queue for queue in queues["queues"]}
-        assert by_flow["router"] == {"flow": "router", "topic": dlq, "letters": 3, "unreplayed": 3}
+        assert by_flow["router"] == {
+            "flow": "router",
+            "topic": dlq,
+            "letters": 3,
+            "unreplayed": 3,
+            "approximate": True,
+        }
         assert by_flow["ghost"]["letters"] is None
         assert "does not exist" in by_flow["ghost"]["error"]
 
         status, listed, _ = await call("GET", url + "/dlq/router")
-        assert (status, listed["total"]) == (200, 3)
+        assert (status, listed["total"], listed["approximate"]) == (200, 3, True)
         assert [letter["offset"] for letter in listed["letters"]] == [0, 1, 2]
         assert listed["letters"][1]["reason"] == {
             "error_type": "MappingError",
@@ -541,7 +664,8 @@ async def test_dead_letters_are_listed_inspected_and_replayed(
             "time": "2026-11-24T12:00:01+00:00",
         }
         status, limited, _ = await call("GET", url + "/dlq/router?limit=2")
-        assert (status, limited["total"], len(limited["letters"])) == (200, 3, 2)
+        assert (status, limited["total"]) == (200, 3)
+        assert [letter["offset"] for letter in limited["letters"]] == [0, 1]
         for bad in ("0", "-1", "many"):
             status, refused, _ = await call("GET", url + f"/dlq/router?limit={bad}")
             assert (status, refused["type"].split(":")[-1]) == (400, "bad-limit")
@@ -557,8 +681,11 @@ async def test_dead_letters_are_listed_inspected_and_replayed(
         assert headers["ce_id"] == "e-1"
         assert headers["bus_dlq_error"] == "order-1: total is not a number"
         assert headers["bus_dlq_topic"] == source
-        status, missing, _ = await call("GET", url + "/dlq/router/0/9")
-        assert (status, missing["type"].split(":")[-1]) == (404, "unknown-letter")
+        for partition, offset in [(0, 9), (5, 0)]:
+            status, missing, _ = await call("GET", url + f"/dlq/router/{partition}/{offset}")
+            assert (status, missing["type"].split(":")[-1]) == (404, "unknown-letter")
+            assert f"{dlq}[{partition}]@{offset} holds no dead letter" in missing["detail"]
+            assert "GET /dlq/router" in missing["detail"]
 
         status, one, _ = await call("POST", url + "/dlq/router/0/1/replay")
         assert (status, one) == (200, {"replayed": [f"{dlq}[0]@1 -> {source}"]})
@@ -580,7 +707,8 @@ async def test_dead_letters_are_listed_inspected_and_replayed(
         status, again, _ = await call("POST", url + "/dlq/router/replay")
         assert (status, again) == (200, {"replayed": []})
         _, queues, _ = await call("GET", url + "/dlq")
-        assert {"flow": "router", "topic": dlq, "letters": 3, "unreplayed": 0} in queues["queues"]
+        by_flow = {queue["flow"]: queue for queue in queues["queues"]}
+        assert (by_flow["router"]["letters"], by_flow["router"]["unreplayed"]) == (3, 0)
 
 
 async def test_a_record_that_bus_did_not_dead_letter_is_shown_but_not_replayed(
@@ -612,3 +740,95 @@ async def test_a_record_that_bus_did_not_dead_letter_is_shown_but_not_replayed(
             status, refused, _ = await call("POST", server.url + path)
             assert (status, refused["type"].split(":")[-1]) == (409, "not-replayable")
             assert "carries no bus_dlq_* headers" in refused["detail"]
+
+
+async def send_letters(bootstrap_servers: str, topic: str, partitions: Mapping[int, int]) -> None:
+    """`partitions[p]` records into partition p, valued b"p<partition>-<n>"."""
+    sender = AIOKafkaProducer(bootstrap_servers=bootstrap_servers)
+    await sender.start()
+    try:
+        for partition, count in partitions.items():
+            for number in range(count):
+                value = f"p{partition}-{number}".encode()
+                await sender.send_and_wait(topic, value, partition=partition)
+    finally:
+        await sender.stop()
+
+
+async def test_letters_are_read_up_to_a_limit_or_alone_and_counted_from_offsets(
+    bootstrap_servers: str,
+    topic_name: Callable[[str], str],
+    create_topics: Callable[..., Awaitable[None]],
+) -> None:
+    dlq = topic_name("dlq")
+    await create_topics(dlq, partitions=2)
+    await send_letters(bootstrap_servers, dlq, {0: 3, 1: 2})
+
+    def where(letters: Sequence[StoredLetter]) -> list[tuple[int, int]]:
+        return [(letter.partition, letter.offset) for letter in letters]
+
+    everything = await read_letters(bootstrap_servers, dlq)
+    assert where(everything) == [(0, 0), (0, 1), (0, 2), (1, 0), (1, 1)]
+    # The first ones in (partition, offset) order, however the partitions are fetched.
+    assert where(await read_letters(bootstrap_servers, dlq, limit=4)) == where(everything)[:4]
+    assert where(await read_letters(bootstrap_servers, dlq, limit=1)) == [(0, 0)]
+
+    one = await read_letter(bootstrap_servers, dlq, 1, 1)
+    assert (one.where, one.value, one.reason) == (f"{dlq}[1]@1", b"p1-1", None)
+    for partition, offset, held in [(1, 2, "holds offsets 0 to 1"), (2, 0, "2 partition(s)")]:
+        with pytest.raises(DeadLetterNotFoundError) as absent:
+            await read_letter(bootstrap_servers, dlq, partition, offset)
+        assert f"{dlq}[{partition}]@{offset}" in str(absent.value)
+        assert held in str(absent.value)
+
+    assert await count_letters(bootstrap_servers, dlq) == LetterCounts(letters=5, unreplayed=5)
+    await mark_replayed(bootstrap_servers, everything[:2])  # partition 0 up to offset 1
+    assert await count_letters(bootstrap_servers, dlq) == LetterCounts(letters=5, unreplayed=3)
+    waiting = await read_letters(bootstrap_servers, dlq, unreplayed=True)
+    assert where(waiting) == [(0, 2), (1, 0), (1, 1)]
+    assert where(await read_letters(bootstrap_servers, dlq, unreplayed=True, limit=2)) == [
+        (0, 2),
+        (1, 0),
+    ]
+
+
+async def test_a_transaction_marker_makes_the_counts_approximate(
+    bootstrap_servers: str,
+    topic_name: Callable[[str], str],
+    create_topics: Callable[..., Awaitable[None]],
+) -> None:
+    dlq = topic_name("dlq")
+    await create_topics(dlq)
+    sender = AIOKafkaProducer(bootstrap_servers=bootstrap_servers, transactional_id=dlq)
+    await sender.start()
+    try:
+        async with sender.transaction():
+            await sender.send_and_wait(dlq, b"in a transaction")
+    finally:
+        await sender.stop()
+
+    [letter] = await read_letters(bootstrap_servers, dlq)
+    assert letter.offset == 0
+    # The commit marker took offset 1: counted, but no letter.
+    assert await count_letters(bootstrap_servers, dlq) == LetterCounts(letters=2, unreplayed=2)
+    with pytest.raises(DeadLetterNotFoundError):
+        await read_letter(bootstrap_servers, dlq, 0, 1)
+
+
+async def test_a_missing_topic_and_an_absent_kafka_are_told_apart(
+    bootstrap_servers: str, topic_name: Callable[[str], str]
+) -> None:
+    missing = topic_name("never-created")
+    for read in (
+        read_letters(bootstrap_servers, missing),
+        read_letter(bootstrap_servers, missing, 0, 0),
+        count_letters(bootstrap_servers, missing),
+    ):
+        with pytest.raises(DeadLetterTopicMissingError) as refused:
+            await read
+        assert f"dead-letter topic {missing!r} does not exist" in str(refused.value)
+
+    nowhere = f"127.0.0.1:{free_port()}"
+    with pytest.raises(KafkaUnavailableError) as unavailable:
+        await read_letters(nowhere, missing)
+    assert f"cannot read dead-letter topic {missing!r} at {nowhere}" in str(unavailable.value)

@@ -8,6 +8,7 @@ event loop), while the server answers on the test's loop.
 import asyncio
 import re
 from collections.abc import AsyncIterator, Sequence
+from datetime import datetime
 from typing import Any
 
 import aiohttp
@@ -45,7 +46,7 @@ class NoMetrics:
         return b"", "text/plain"
 
 
-async def no_journeys(event_id: str) -> dict[str, Any] | None:
+async def no_journeys(event_id: str, since: datetime | None) -> dict[str, Any] | None:
     return None
 
 

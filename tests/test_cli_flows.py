@@ -93,3 +93,36 @@ def test_run_refuses_a_flow_that_cannot_start_before_connecting(tmp_path: Path) 
     assert ran.returncode == 1
     assert f"{flow}:5:5: mediation flow 'enriched': module 'json' has no function" in ran.stderr
     assert "does not answer" not in ran.stderr
+
+
+def test_validate_refuses_admin_auth_that_bus_run_would_refuse(tmp_path: Path) -> None:
+    flow = tmp_path / "admin.yaml"
+    flow.write_text(
+        "observability:\n"
+        "  admin:\n"
+        "    port: 9180\n"
+        "    auth:\n"
+        "      api_key: {header: X Admin Key, keys: [admin-key-3f9c]}\n"
+    )
+    validated = bus("validate", str(flow))
+    assert validated.returncode == 1
+    assert f"{flow}:5:17: observability.admin.auth.api_key.header: " in validated.stderr
+    assert "admin-key-3f9c" not in validated.stderr
+
+
+def test_validate_refuses_an_admin_api_open_to_the_network(tmp_path: Path) -> None:
+    flow = tmp_path / "admin.yaml"
+    flow.write_text("observability:\n  admin:\n    host: 0.0.0.0\n")
+    validated = bus("validate", str(flow))
+    assert validated.returncode == 1
+    # The missing key is placed at its parent, and named with the fix.
+    assert (
+        f"{flow}:2:3: observability.admin.auth: missing, while the admin API would listen on "
+        "0.0.0.0, which is not a loopback address" in validated.stderr
+    )
+    assert "set observability.admin.auth (e.g. auth: {api_key:" in validated.stderr
+    assert "or host: 127.0.0.1" in validated.stderr
+
+    flow.write_text("observability:\n  admin:\n    host: 127.0.0.1\n")
+    validated = bus("validate", str(flow))
+    assert validated.returncode == 0, validated.stderr

@@ -35,7 +35,13 @@ from bus.events.event import Event
 from bus.events.publisher import Publisher
 from bus.flows import model
 from bus.flows.dlq import read_letters, replay
+from bus.resilience.circuit_breaker import BreakerState
 from bus.resilience.retry import RetryPolicy
+from bus.telemetry.context import current_hop
+from bus.telemetry.hub import Telemetry
+from bus.telemetry.metrics import BusMetrics
+from bus.telemetry.status import StatusBoard
+from bus.telemetry.tracing import Tracing
 from tests.flow_harness import CATALOG, decode, headers_of, read_records
 
 REQUEST = "com.acme.payments.PaymentRequested"
@@ -530,6 +536,65 @@ async def test_outage_opens_the_breaker_pauses_and_loses_nothing(
     assert await topic_size(bootstrap_servers, topics.dlq) == 0
 
 
+class FailingCallMetrics(BusMetrics):
+    """Metrics with a bug in the sample of each call."""
+
+    def outbound_call(self, flow: str, status: int | None, seconds: float) -> None:
+        raise RuntimeError("a metrics bug")
+
+
+class StepRecordingPost(JsonPost):
+    """Notes the hop's step (as log lines would say it) during each call."""
+
+    def __init__(self, session: aiohttp.ClientSession, url: str) -> None:
+        super().__init__(session, url)
+        self.steps: list[str | None] = []
+
+    async def call(self, event: DecodedEvent) -> Response:
+        hop = current_hop.get()
+        self.steps.append(None if hop is None else hop.step)
+        return await super().call(event)
+
+
+async def test_failing_metrics_neither_wedge_the_breaker_nor_fail_the_run(
+    bootstrap_servers: str,
+    topics: Topics,
+    endpoint: Endpoint,
+    session: aiohttp.ClientSession,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    await publish(bootstrap_servers, topics.source, keys=2, per_key=3)
+    down_until = time.monotonic() + 1.5
+    endpoint.answer = lambda call: (
+        web.Response(status=503, text="down") if call.at < down_until else ok(call)
+    )
+    item = outbound(
+        name="metrics-bug",
+        **{"from": topics.source},
+        dlq=topics.dlq,
+        retry={"attempts": 3, "backoff": {"initial": "50ms", "max": "200ms"}},
+        circuit_breaker={"failures": 2, "reset_after": "500ms"},
+    )
+    plan = delivery_plan_from(item)
+    board = StatusBoard()
+    telemetry = Telemetry(Tracing.disabled(), None, FailingCallMetrics(board), board)
+    adapter = StepRecordingPost(session, endpoint.url)
+    runner = DeliveryRunner(
+        plan, adapter, EventCodec(CATALOG), bootstrap_servers, telemetry=telemetry
+    )
+    async with running(runner):
+        # The half-open trials after the outage decide the breaker although each call's
+        # sample raises: it closes, and every event goes through.
+        await eventually("6 deliveries", lambda: len(endpoint.delivered) == 6, within=25)
+    assert plan.breaker is not None
+    assert plan.breaker.state is BreakerState.CLOSED
+    assert runner.dead_lettered == 0
+    assert telemetry.metrics_failures == len(endpoint.calls)
+    assert [r.levelname for r in caplog.records if r.name == "bus.telemetry.hub"] == ["ERROR"]
+    # Inside the call, the hop's step is "call", as log lines written there say.
+    assert set(adapter.steps) == {"call"}
+
+
 async def test_rate_limit_is_kept(
     bootstrap_servers: str, topics: Topics, endpoint: Endpoint, session: aiohttp.ClientSession
 ) -> None:
@@ -610,6 +675,7 @@ async def test_replies_are_events_with_lineage_and_stable_ids(
         assert answer.data["status"] == "AUTHORIZED"
         assert answer.data["gatewayReference"] == f"gw-{request.data['paymentId']}"
         assert answer.data["amount"]["amount"] == Decimal("12.50")
+        assert answer.extensions["rootid"] == request.id  # the request began its journey
     headers = headers_of(letter)
     assert (headers["bus_dlq_step"], headers["bus_dlq_error_type"]) == ("reply", "ExpressionError")
     assert "the call was made (HTTP 200)" in headers["bus_dlq_error"]

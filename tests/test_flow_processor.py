@@ -11,6 +11,11 @@ from bus.events.event import Event
 from bus.flows.dead_letters import InputRecord
 from bus.flows.processor import DROPPED_HEADER, MAX_RECORD_BYTES, FlowProcessor
 from bus.flows.steps import PythonStep
+from bus.telemetry.hub import Telemetry
+from bus.telemetry.metrics import BusMetrics
+from bus.telemetry.secrets import MASK, Redactor
+from bus.telemetry.status import StatusBoard
+from bus.telemetry.tracing import Tracing
 from tests.flow_harness import CATALOG
 from tests.test_events_codec import astuple, customer_event
 
@@ -69,3 +74,37 @@ async def test_a_registry_outage_fails_the_batch_instead_of_dead_lettering() -> 
     codec = EventCodec(CATALOG, RegistryDown())
     with pytest.raises(SchemaRegistryError, match="cannot reach"):
         await processor(lambda event: event, codec).handle(await record_of(customer_event()))
+
+
+KEY = "ak-7d2e91c4f05b"
+
+
+def refuse_quoting_credentials(event: Event) -> Event:
+    raise ValueError(f"refused key {KEY} (sent with Authorization: Bearer eyJhbGciOi.x.y)")
+
+
+async def test_a_dead_letter_s_error_hides_the_process_s_secrets() -> None:
+    board = StatusBoard()
+    telemetry = Telemetry(
+        Tracing.disabled(), None, BusMetrics(board), board, redactor=Redactor([KEY])
+    )
+    record = await record_of(customer_event())
+    scope = telemetry.consumed("mediation", "limits", record, group="bus.limits")
+    handled = await processor(refuse_quoting_credentials).handle(record, scope)
+    scope.end()
+    [letter] = handled.writes
+    error = dict(letter.record.headers)["bus_dlq_error"].decode()
+    assert f"refused key {MASK} (sent with Authorization: {MASK}" in error
+    assert "eyJhbGciOi" not in error
+    assert handled.dead_letter is not None
+    assert KEY not in handled.dead_letter.error
+    assert scope.hop.error is not None
+    assert KEY not in scope.hop.error
+    assert MASK in scope.hop.error
+
+
+async def test_without_telemetry_a_dead_letter_hides_credentials_known_by_their_shape() -> None:
+    handled = await processor(refuse_quoting_credentials).handle(await record_of(customer_event()))
+    assert handled.dead_letter is not None
+    assert f"Authorization: {MASK}" in handled.dead_letter.error  # the test kit's case
+    assert KEY in handled.dead_letter.error  # no one told it this one is a secret

@@ -1,17 +1,28 @@
 """Mediation flows on the real broker: each step, DLQ, ordering, graceful shutdown."""
 
 import asyncio
+import time
 from collections import defaultdict
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
 import pytest
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
 
 from bus.events.event import Event
 from bus.events.publisher import Publisher
 from bus.flows import runner
+from bus.flows.loading import load_flow_files
+from bus.flows.runtime import run_flows
+from bus.telemetry.hop import Hop
+from bus.telemetry.hub import Telemetry
+from bus.telemetry.metrics import BusMetrics
+from bus.telemetry.status import StatusBoard
+from bus.telemetry.tracing import Tracing
 from tests.flow_harness import (
     CATALOG,
     decode,
@@ -353,3 +364,115 @@ mediation:
                 outputs = await decode(await read_all(bootstrap_servers, sink, quiet=1.0))
                 parents = {event.extensions["parentid"] for event in outputs}
     assert parents == expected
+
+
+# -- when a record's hop ends -----------------------------------------------------------------
+
+
+class DurabilityWitness(BusMetrics):
+    """Metrics that ask Kafka, as each mediation hop ends, whether its work is durable yet:
+    its offset committed for the group, its outputs readable by read_committed consumers.
+
+    They ask from another thread (and event loop) while the flow's loop waits for the answer,
+    so that nothing the flow would do next (committing) can happen meanwhile. They ask again
+    for a while: a committed transaction's markers reach the partitions (and the group's
+    offsets) shortly after the commit returned, but a transaction still open stays open."""
+
+    def __init__(self, board: StatusBoard, bootstrap_servers: str, group: str) -> None:
+        super().__init__(board)
+        self.bootstrap_servers = bootstrap_servers
+        self.group = group
+        self.seen: list[tuple[str | None, bool, bool]] = []  # outcome, committed, readable
+
+    def observe(self, hop: Hop) -> None:
+        super().observe(hop)
+        if hop.kind == "mediation":
+            with ThreadPoolExecutor(1) as thread:
+                committed, readable = thread.submit(asyncio.run, self._durable(hop)).result()
+            self.seen.append((hop.outcome, committed, readable))
+
+    async def _durable(self, hop: Hop) -> tuple[bool, bool]:
+        deadline = time.monotonic() + 5.0
+        while True:
+            committed, readable = await self._durable_now(hop)
+            if (committed and readable) or time.monotonic() > deadline:
+                return committed, readable
+            await asyncio.sleep(0.1)
+
+    async def _durable_now(self, hop: Hop) -> tuple[bool, bool]:
+        assert hop.topic is not None
+        assert hop.partition is not None
+        assert hop.offset is not None
+        admin = AIOKafkaAdminClient(bootstrap_servers=self.bootstrap_servers)
+        await admin.start()
+        try:
+            offsets = await admin.list_consumer_group_offsets(self.group)
+        finally:
+            await admin.close()
+        committed = offsets.get(TopicPartition(hop.topic, hop.partition))
+        outputs = [TopicPartition(output.topic, output.partition) for output in hop.outputs]
+        reader = AIOKafkaConsumer(
+            bootstrap_servers=self.bootstrap_servers, isolation_level="read_committed"
+        )
+        await reader.start()
+        try:
+            # Read committed, the end of a partition is its last stable offset: an open
+            # transaction's records are beyond it.
+            ends = await reader.end_offsets(outputs) if outputs else {}
+        finally:
+            await reader.stop()
+        return (
+            committed is not None and committed.offset > hop.offset,
+            all(
+                output.offset is not None
+                and ends[TopicPartition(output.topic, output.partition)] > output.offset
+                for output in hop.outputs
+            ),
+        )
+
+
+@pytest.mark.parametrize("guarantee", ["at-least-once", "exactly-once"])
+async def test_a_record_s_hop_ends_once_its_work_is_committed(
+    tmp_path: Path,
+    bootstrap_servers: str,
+    topic_name: Callable[[str], str],
+    create_topics: Callable[..., Any],
+    guarantee: str,
+) -> None:
+    source, sink = topic_name("in"), topic_name("out")
+    await create_topics(source, partitions=2)
+    name = f"durable-{guarantee}"
+    flow = write_flow(
+        tmp_path,
+        f"""
+mediation:
+  - name: {name}
+    from: {source}
+    to: {sink}
+    guarantee: {guarantee}
+""",
+    )
+    board = StatusBoard()
+    witness = DurabilityWitness(board, bootstrap_servers, f"bus.{name}")
+    telemetry = Telemetry(Tracing.disabled(), None, witness, board)
+    async with Publisher(bootstrap_servers, CATALOG, source="/crm") as publisher:
+        for n in range(3):
+            await publisher.publish(source, "com.acme.crm.CustomerChanged", customer(n, "DE"))
+    stop = asyncio.Event()
+    task = asyncio.create_task(
+        run_flows(
+            load_flow_files([flow]),
+            CATALOG,
+            bootstrap_servers=bootstrap_servers,
+            stop=stop,
+            telemetry=telemetry,
+        )
+    )
+    try:
+        async with asyncio.timeout(60):
+            while len(witness.seen) < 3:  # noqa: ASYNC110 -- hops end in the flow's own task
+                await asyncio.sleep(0.05)
+    finally:
+        stop.set()
+        assert await asyncio.wait_for(task, 60) == []
+    assert witness.seen == [("processed", True, True)] * 3

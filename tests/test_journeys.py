@@ -9,22 +9,24 @@ import subprocess
 import sys
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
+from aiokafka.partitioner import DefaultPartitioner
 from click.testing import CliRunner
 
 from bus.cli import _BusGroup
+from bus.errors import JourneyTopicMissingError, KafkaUnavailableError
 from bus.flows.model import JourneySettings
 from bus.telemetry import journeys
 from bus.telemetry.hop import Hop, Output
-from bus.telemetry.journey_record import sampled
+from bus.telemetry.journey_record import encode, sampled
 from bus.telemetry.journeys import Journey, JourneyRecorder, read_journey, render_journey
 from bus.telemetry.trace_command import trace
 from tests.conftest import free_port
@@ -268,6 +270,52 @@ async def test_an_unknown_event_has_no_journey(bootstrap_servers: str, journey_t
     assert await read_journey(bootstrap_servers, journey_topic, "evt-changed") is None
 
 
+def home_partition(topic: str, root_id: str) -> int:
+    """The partition Kafka's default partitioner gives a journey's key."""
+    partitions = [TopicPartition(topic, n) for n in range(journeys.PARTITIONS)]
+    chosen: TopicPartition = DefaultPartitioner()(root_id.encode(), partitions, partitions)
+    return chosen.partition
+
+
+async def test_a_journey_sits_in_the_partition_its_root_id_hashes_to(
+    bootstrap_servers: str, journey_topic: str
+) -> None:
+    # Where read_journey looks first for a root id: where the recorder's producer put it.
+    records = await records_in(bootstrap_servers, journey_topic)
+    held = {record.partition for record in records if record.key == CHANGED.encode()}
+    assert held == {home_partition(journey_topic, CHANGED)}
+
+
+async def test_a_root_id_outside_its_keys_partition_is_found_by_the_full_scan(
+    bootstrap_servers: str,
+    topic_name: Callable[[str], str],
+    create_topics: Callable[..., Awaitable[None]],
+) -> None:
+    # As after partitions were added to the journey topic: the key now hashes elsewhere.
+    topic, root = topic_name("journeys"), "evt-moved-root"
+    await create_topics(topic, partitions=journeys.PARTITIONS)
+    elsewhere = (home_partition(topic, root) + 1) % journeys.PARTITIONS
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap_servers)
+    await producer.start()
+    try:
+        for hop in another_journey(root):
+            await producer.send_and_wait(topic, encode(hop), key=root.encode(), partition=elsewhere)
+    finally:
+        await producer.stop()
+    journey = await read_journey(bootstrap_servers, topic, root)
+    assert journey is not None
+    assert (journey.root_id, journey.summary()["hops"]) == (root, 2)
+
+
+async def test_a_missing_topic_and_an_absent_kafka_are_told_apart(bootstrap_servers: str) -> None:
+    with pytest.raises(JourneyTopicMissingError):
+        await read_journey(bootstrap_servers, "no-such-journeys", CHANGED)
+    nowhere = f"127.0.0.1:{free_port()}"
+    with pytest.raises(KafkaUnavailableError) as unavailable:
+        await read_journey(nowhere, "bus.journeys", CHANGED)
+    assert f"cannot read the journey topic 'bus.journeys' at {nowhere}" in str(unavailable.value)
+
+
 async def test_since_reads_only_records_written_from_then_on(
     bootstrap_servers: str, journey_topic: str
 ) -> None:
@@ -419,6 +467,12 @@ def test_bus_trace_of_an_unknown_event_says_so_and_exits_1(
         f"Error: no record of the journey topic {journey_topic!r} names event 'evt-never-seen'; "
         "check the id" in result.stderr
     )
+
+
+def test_bus_trace_refuses_a_since_that_is_not_a_time() -> None:
+    result = invoke(CHANGED, "--since", "yesterday")
+    assert result.exit_code == 2
+    assert "'yesterday' is not an ISO 8601 time; write e.g. 2026-11-24T11:59:00Z" in result.output
 
 
 def test_bus_trace_of_a_missing_journey_topic_says_which(bootstrap_servers: str) -> None:

@@ -19,15 +19,26 @@ import pytest
 from aiohttp import web
 from opentelemetry import trace
 from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
+from bus.events.codec import EventCodec
+from bus.events.event import Event
 from bus.flows.loading import load_flow_files
 from bus.flows.model import LogSettings
+from bus.flows.processor import FlowProcessor
+from bus.flows.steps import PythonStep
 from bus.telemetry.context import current_hop
 from bus.telemetry.hop import Hop
+from bus.telemetry.hub import Telemetry
 from bus.telemetry.logs import configure_logging
+from bus.telemetry.metrics import BusMetrics
 from bus.telemetry.secrets import MASK, secrets_of
+from bus.telemetry.status import StatusBoard
+from bus.telemetry.tracing import Tracing
 from tests.conftest import free_port
-from tests.flow_harness import bus_run_process
+from tests.flow_harness import CATALOG, bus_run_process
+from tests.test_events_codec import customer_event
+from tests.test_flow_processor import record_of
 
 Format = Literal["json", "text"]
 Configure = Callable[..., io.StringIO]
@@ -73,7 +84,6 @@ def hop(**fields: Any) -> Hop:
         "flow": "customer-router",
         "started": 0.0,
         "event_id": "evt-42",
-        "step": "steps[1].route",
     }
     return Hop(**(defaults | fields))
 
@@ -102,11 +112,45 @@ def test_a_json_line_carries_time_level_logger_message_and_the_hops_fields(
         "message": "routed 3 events",
         "event_id": "evt-42",
         "flow": "customer-router",
-        "step": "steps[1].route",
         "trace_id": "ab" * 16,
         "span_id": "cd" * 8,
         "partition": 2,
     }
+
+
+@pytest.mark.parametrize("traced", [False, True], ids=["untraced", "traced"])
+async def test_a_line_logged_inside_a_step_names_it_and_one_after_it_does_not(
+    configure: Configure, traced: bool
+) -> None:
+    stream = configure("json")
+
+    def normalise(event: Event) -> Event:
+        log.info("normalising")
+        return event
+
+    board = StatusBoard()
+    tracing = Tracing.exporting(InMemorySpanExporter()) if traced else Tracing.disabled()
+    telemetry = Telemetry(tracing, None, BusMetrics(board), board)
+    flow = FlowProcessor(
+        flow="customer-router",
+        steps=[PythonStep("steps[0].python", normalise)],
+        codec=EventCodec(CATALOG),
+        to="out",
+        dead_letter_topic="customer-router.dlq",
+    )
+    record = await record_of(customer_event())
+    scope = telemetry.consumed("mediation", "customer-router", record, group="bus.customer-router")
+    with scope.active():
+        handled = await flow.handle(record, scope)
+        log.info("handled")
+    scope.end()
+    assert handled.dead_letter is None
+    during, after = json_lines(stream)
+    assert (during["message"], during["step"]) == ("normalising", "steps[0].python")
+    assert (during["flow"], during["event_id"]) == ("customer-router", "e-1")
+    assert after["message"] == "handled"
+    assert "step" not in after
+    assert scope.hop.step is None  # the hop ended in no step: it did not fail in one
 
 
 def test_outside_a_hop_a_json_line_has_no_hop_fields(configure: Configure) -> None:

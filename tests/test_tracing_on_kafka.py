@@ -11,6 +11,9 @@ through the test broker. A webhook call carrying a `traceparent` must come out a
 
 import asyncio
 import contextlib
+import json
+import threading
+import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Sequence
 from datetime import UTC, datetime
@@ -19,20 +22,25 @@ from typing import Any
 
 import aiohttp
 import pytest
+from aiohttp import web
 from opentelemetry.sdk.trace import ReadableSpan
+from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind, StatusCode
 from prometheus_client.parser import text_string_to_metric_families
 
+from bus.events.event import Event
 from bus.events.publisher import Publisher
 from bus.flows.dlq import read_letters, replay
 from bus.flows.loading import load_flow_files
 from bus.flows.model import TracingSettings
 from bus.flows.runtime import run_flows
 from bus.flows.validation import validate_flows
+from bus.inbound.server import InboundServer
 from bus.telemetry.hop import Hop
 from bus.telemetry.hub import Telemetry
 from bus.telemetry.metrics import BusMetrics
+from bus.telemetry.secrets import MASK, Redactor, secrets_of
 from bus.telemetry.status import StatusBoard
 from bus.telemetry.tracing import Tracing
 from tests.conftest import free_port
@@ -242,7 +250,7 @@ async def test_a_webhook_call_becomes_one_trace_through_mediation_and_delivery(
     # The flows stopped: the letter sent back stays where the replay put it.
     [stored] = await read_letters(bootstrap_servers, f"{journey.outbound}.dlq")
     assert await replay(bootstrap_servers, [stored], telemetry=telemetry)
-    telemetry.tracing.shutdown()
+    await telemetry.close()
 
     spans = [
         s for s in exporter.get_finished_spans() if s.context.trace_id == int(CALLER_TRACE, 16)
@@ -468,3 +476,255 @@ async def test_with_exporter_none_no_span_is_made_and_trace_headers_pass_through
     assert upsert["ce_rootid"] == reply["ce_rootid"] == published.id
     # An untraced webhook call adds no trace context of its own.
     assert "traceparent" not in headers_of(next(r for r in upserts if r.key == b"c-3"))
+
+
+# -- secrets in errors ----------------------------------------------------------------------------
+
+API_KEY = "ak-7d2e91c4f05b"
+"""The outbound's configured key: plain text, nothing about it looks like a credential."""
+
+
+async def refuse_quoting_the_key(event: Event) -> Event:
+    """A step whose error quotes the key (as a library's error might quote its arguments)."""
+    if event.data["customerId"].startswith("step-"):
+        raise ValueError(f"the lookup refused key {API_KEY}")
+    return event
+
+
+@pytest.fixture
+async def echoing_sink() -> AsyncIterator[str]:
+    """An external system refusing every call with a 400 whose body quotes the key it got."""
+
+    async def refuse(request: web.Request) -> web.Response:
+        key = request.headers.get("X-Api-Key", "")
+        return web.json_response({"error": f"key {key} may not write customers"}, status=400)
+
+    app = web.Application()
+    app.router.add_put("/customers/{id}", refuse)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    yield f"http://127.0.0.1:{runner.addresses[0][1]}"
+    await runner.cleanup()
+
+
+async def test_a_secret_quoted_by_errors_reaches_no_hop_span_or_dead_letter(
+    tmp_path: Path,
+    bootstrap_servers: str,
+    topic_name: Callable[[str], str],
+    echoing_sink: str,
+) -> None:
+    run = uuid.uuid4().hex[:8]
+    mediation, outbound = f"leak-upserts-{run}", f"leak-sync-{run}"
+    changed, upserts = topic_name("changed"), topic_name("upserts")
+    path = write_flow(
+        tmp_path,
+        f"""
+mediation:
+  - name: {mediation}
+    from: {changed}
+    to: {upserts}
+    steps:
+      - python: tests.test_tracing_on_kafka:refuse_quoting_the_key
+      - transform:
+          to: com.acme.erp.CustomerUpsertRequest
+          map:
+            customerId: event.customerId
+            legalName: event.name
+            email: event.email
+            billingAddress: event.address
+            salesRegion: '"EU"'
+            requestedAt: attributes.time
+outbound:
+  - name: {outbound}
+    from: {upserts}
+    rest:
+      method: PUT
+      url: "{echoing_sink}/customers/{{event.customerId}}"
+      auth: {{api_key: {{header: X-Api-Key, key: {API_KEY}}}}}
+    map: {{email: event.email}}
+    retry: {{attempts: 1}}
+""",
+    )
+    flows = load_flow_files([path])
+    assert validate_flows(flows, CATALOG) == []
+    exporter = InMemorySpanExporter()
+    board = StatusBoard()
+    metrics = RecordedMetrics(board)
+    telemetry = Telemetry(
+        Tracing.exporting(exporter), None, metrics, board, redactor=Redactor(secrets_of(flows))
+    )
+    stop = asyncio.Event()
+    task = asyncio.create_task(
+        run_flows(
+            flows, CATALOG, bootstrap_servers=bootstrap_servers, stop=stop, telemetry=telemetry
+        )
+    )
+    try:
+        async with Publisher(bootstrap_servers, CATALOG, source="/crm") as publisher:
+            for customer in ("call-1", "step-2"):
+                await publisher.publish(
+                    changed,
+                    "com.acme.crm.CustomerChanged",
+                    {
+                        "customerId": customer,
+                        "change": "UPDATED",
+                        "email": f"{customer}@example.com",
+                        "name": "Ada Lovelace",
+                        "address": {
+                            "line1": "1",
+                            "city": "Berlin",
+                            "postalCode": "1",
+                            "country": "DE",
+                        },
+                        "changedAt": datetime(2026, 11, 24, tzinfo=UTC),
+                    },
+                    key=customer,
+                )
+        await hops_until(metrics, ended("outbound", "dead-lettered"))
+        await hops_until(metrics, ended("mediation", "dead-lettered"))
+        letters = [
+            *await read_records(bootstrap_servers, f"{outbound}.dlq", 1, within=30),
+            *await read_records(bootstrap_servers, f"{mediation}.dlq", 1, within=30),
+        ]
+    finally:
+        stop.set()
+        assert await asyncio.wait_for(task, 60) == []
+    await telemetry.close()
+
+    # The errors did quote the key, and it was hidden: in the hops (the journey records)...
+    dead = [h for h in metrics.hops if h.outcome == "dead-lettered"]
+    assert {(h.kind, h.step) for h in dead} == {
+        ("outbound", "call"),
+        ("mediation", "steps[0].python"),
+    }
+    for hop in dead:
+        assert MASK in (hop.error or ""), hop.error
+        assert API_KEY not in json.dumps(hop.as_record())
+    # ...in every span: status descriptions, exception events, attributes...
+    spans = exporter.get_finished_spans()
+    refused = one(spans, SpanKind.CLIENT)
+    assert refused.status.description is not None
+    assert f"key {MASK} may not" in refused.status.description
+    [step] = [s for s in spans if s.name == "steps[0].python" and s.events]  # step-2's
+    [exception] = [e for e in step.events if e.name == "exception"]
+    recorded = dict(exception.attributes or {})
+    assert f"ValueError('the lookup refused key {MASK}')" in recorded["exception.message"]
+    assert f"ValueError: the lookup refused key {MASK}" in recorded["exception.stacktrace"]
+    assert [s.name for s in spans if API_KEY in s.to_json()] == []
+    # ...and in the dead letters' headers.
+    for letter in letters:
+        assert MASK in headers_of(letter)["bus_dlq_error"]
+        assert [name for name, value in letter.headers if API_KEY.encode() in value] == []
+
+
+# -- the inbound server ---------------------------------------------------------------------------
+
+
+class FailingMetrics(BusMetrics):
+    """Metrics with a bug: every sample raises."""
+
+    def observe(self, hop: Hop) -> None:
+        raise RuntimeError("a metrics bug")
+
+    def inbound_request(self, route: str, method: str, status: int, seconds: float) -> None:
+        raise RuntimeError("a metrics bug")
+
+
+@contextlib.asynccontextmanager
+async def serving(telemetry: Telemetry) -> AsyncIterator[str]:
+    """An inbound server with one route answering any method with 200, at the URL yielded."""
+
+    async def answer(request: web.Request) -> web.Response:
+        return web.Response(text="fine")
+
+    server = InboundServer("127.0.0.1", 0, [web.route("*", "/things", answer)], telemetry=telemetry)
+    await server.start()
+    try:
+        yield f"{server.url}/things"
+    finally:
+        await server.stop()
+
+
+async def test_a_method_outside_http_s_standard_ones_is_measured_and_traced_as_other() -> None:
+    exporter = InMemorySpanExporter()
+    board = StatusBoard()
+    metrics = BusMetrics(board)
+    telemetry = Telemetry(Tracing.exporting(exporter), None, metrics, board)
+    async with serving(telemetry) as url, aiohttp.ClientSession() as session:
+        for method in ("PURGE", "PROPFIND", "GET"):  # the parser knows these
+            async with session.request(method, url) as answer:
+                assert answer.status == 200
+    assert samples(metrics, "bus_inbound_requests_total") == {
+        (("method", "_OTHER"), ("route", "/things"), ("status", "200")): 2.0,
+        (("method", "GET"), ("route", "/things"), ("status", "200")): 1.0,
+    }
+    spans = exporter.get_finished_spans()
+    assert sorted(s.name for s in spans) == ["GET /things", "HTTP /things", "HTTP /things"]
+    purge = next(s for s in spans if attributes(s).get("http.request.method_original") == "PURGE")
+    assert attributes(purge)["http.request.method"] == "_OTHER"
+
+
+async def test_failing_metrics_change_no_answer_and_are_logged_once(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    board = StatusBoard()
+    telemetry = Telemetry(Tracing.disabled(), None, FailingMetrics(board), board)
+    async with serving(telemetry) as url, aiohttp.ClientSession() as session:
+        for _ in range(3):
+            async with session.post(url) as answer:
+                assert (answer.status, await answer.text()) == (200, "fine")
+    scope = telemetry.hop("inbound", "things", span_name="send", span_kind=SpanKind.PRODUCER)
+    scope.end()  # a hop's report is guarded the same way
+    assert telemetry.metrics_failures == 4
+    logged = [r for r in caplog.records if r.name == "bus.telemetry.hub"]
+    assert [r.levelname for r in logged] == ["ERROR"]
+    assert logged[0].exc_info is not None
+
+
+# -- closing --------------------------------------------------------------------------------------
+
+
+class StuckExporter(SpanExporter):
+    """A collector that does not answer until told to: the export blocks its thread."""
+
+    def __init__(self) -> None:
+        self.release = threading.Event()
+
+    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+        self.release.wait(10)
+        return SpanExportResult.SUCCESS
+
+    def shutdown(self) -> None:
+        self.release.set()
+
+
+async def test_closing_waits_a_bounded_time_for_spans_and_never_blocks_the_loop(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    exporter = StuckExporter()
+    tracing = Tracing.exporting(exporter, BatchSpanProcessor(exporter))
+    telemetry = Telemetry(tracing, None, BusMetrics(StatusBoard()), StatusBoard())
+    with telemetry.hop("inbound", "things", span_name="send", span_kind=SpanKind.PRODUCER):
+        pass
+    ticks = 0
+
+    async def tick() -> None:
+        nonlocal ticks
+        while True:
+            ticks += 1
+            await asyncio.sleep(0.01)
+
+    ticking = asyncio.create_task(tick())
+    started = time.monotonic()
+    try:
+        await tracing.close(within=0.5)
+    finally:
+        ticking.cancel()
+        exporter.release.set()  # the flush left in its thread may end now
+    assert 0.5 <= time.monotonic() - started < 2.0
+    assert ticks >= 10  # the loop went on while the spans were being flushed
+    [lost] = [r for r in caplog.records if r.name == "bus.telemetry.tracing"]
+    assert lost.levelname == "WARNING"
+    assert "not exported within 0.5 s" in lost.getMessage()

@@ -1,11 +1,8 @@
 """Who may call the admin API: the same authentication settings and checks as a REST inbound
-endpoint (bus.auth.settings), applied to every route, /healthz and /metrics included.
-
-An admin API without auth is only allowed on a loopback address: it lists the flows, shows dead
-letters (event data) and replays them, so anyone who can reach it must be someone we trust.
+endpoint (bus.auth.settings), applied to every route, /healthz and /metrics included; without
+them, only callers on this machine (bus.admin.auth_settings).
 """
 
-import ipaddress
 import logging
 import math
 import time
@@ -13,55 +10,35 @@ import time
 import aiohttp
 from aiohttp import web
 from aiohttp.typedefs import Handler, Middleware
-from pydantic import ValidationError
 
+from bus.admin.auth_settings import auth_problems
 from bus.admin.problems import RETRY_AFTER_S
 from bus.auth.jwt_bearer import KeySetUnavailableError
 from bus.auth.settings import InboundAuth, RequestAuthenticator, inbound_authenticator
 from bus.errors import AuthenticationError, AuthorizationError, ConfigError
-from bus.flows.loading import settings_problems
-from bus.flows.model import AdminSettings
+from bus.flows.model import AdminSettings, format_path
 from bus.http.problem import Problem
 from bus.inbound.body import read_body
 
 log = logging.getLogger(__name__)
-SETTING = "observability.admin.auth"
 MAX_BODY = 64 * 1024  # no admin route takes a body; an HMAC scheme still signs what comes
-_EXAMPLE = "auth: {api_key: {header: X-Admin-Key, keys: [${BUS_ADMIN_KEY}]}}"
 
 
 def admin_authenticator(
     settings: AdminSettings, session: aiohttp.ClientSession
 ) -> RequestAuthenticator | None:
-    """The authenticator `settings.auth` describes; None (anyone may call) only on loopback."""
-    if settings.auth is None:
-        if not is_loopback(settings.host):
-            raise ConfigError(
-                f"{SETTING}: the admin API would listen on {settings.host}, which is not a "
-                "loopback address, without authentication, so anyone on the network could "
-                f"read dead letters and replay them; set {SETTING} (e.g. {_EXAMPLE}), or "
-                "host: 127.0.0.1"
-            )
-        return None
-    try:
-        config = InboundAuth.model_validate(settings.auth)
-    except ValidationError as invalid:
-        problems = "; ".join(
-            f"{'.'.join(map(str, (SETTING, *path)))}: {message}"
-            for path, message in settings_problems(invalid, settings.auth)
+    """The authenticator `settings.auth` describes; None (anyone may call) only on loopback.
+    ConfigError, naming each key and the fix, for settings that auth_problems finds wrong."""
+    problems = auth_problems(settings)
+    if problems:
+        listed = "; ".join(
+            f"{format_path(('observability', 'admin', *path))}: {message}"
+            for path, message in problems
         )
-        raise ConfigError(f"{problems} (the same settings as a rest inbound item's auth)") from None
-    return inbound_authenticator(config, session)
-
-
-def is_loopback(host: str) -> bool:
-    """Whether `host` is reachable from this machine only (127.0.0.0/8, ::1, localhost)."""
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:  # another name: it may resolve to anything
-        return False
+        raise ConfigError(f"{listed} (the same settings as a rest inbound item's auth)")
+    if settings.auth is None:
+        return None
+    return inbound_authenticator(InboundAuth.model_validate(settings.auth), session)
 
 
 def require_authentication(authenticator: RequestAuthenticator) -> Middleware:

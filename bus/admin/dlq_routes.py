@@ -1,24 +1,38 @@
-"""The admin API's dead-letter routes: list, inspect and replay, as `bus dlq` does, through
-bus.flows.dlq (reading and marking) and the process's `replay` (which sends them back)."""
+"""The admin API's dead-letter routes: count, list, inspect and replay, as `bus dlq` does,
+through bus.flows.dlq (reading, counting and marking) and the process's `replay` (which sends
+them back). Every route reads Kafka in its turn (bus.admin.reads)."""
 
 import asyncio
 import base64
 from collections.abc import Awaitable, Callable, Mapping, Sequence
+from contextlib import aclosing
 from typing import Any, TypeVar
 
 from aiohttp import web
-from aiokafka.errors import KafkaError
 
 from bus.admin.problems import unavailable, unknown
-from bus.errors import BusError
+from bus.admin.reads import OneReadAtATime
+from bus.errors import (
+    DeadLetterNotFoundError,
+    DeadLetterTopicMissingError,
+    KafkaUnavailableError,
+    NotReplayableError,
+)
 from bus.flows.dead_letters import DeadLetter
-from bus.flows.dlq import StoredLetter, mark_replayed, read_letters
+from bus.flows.dlq import (
+    StoredLetter,
+    count_letters,
+    mark_replayed,
+    read_letter,
+    read_letters,
+    stream_letters,
+)
 from bus.http.problem import Problem
 
 T = TypeVar("T")
 Replay = Callable[[Sequence[StoredLetter]], Awaitable[list[str]]]
 """Sends letters back to the topics they came from; says where each went."""
-KAFKA_WITHIN = 60.0  # seconds to read a dead-letter topic (whole) or mark letters replayed
+KAFKA_WITHIN = 60.0  # seconds to count, read or mark letters (a replay-all reads them all)
 REPLAY_WITHIN = 300.0  # seconds to send letters back: a replay-all may send thousands
 DEFAULT_LIMIT = 100
 MAX_LIMIT = 10_000
@@ -26,13 +40,16 @@ MAX_LIMIT = 10_000
 
 class DlqRoutes:
     def __init__(
-        self, bootstrap_servers: str, dead_letter_topics: Mapping[str, str], replay: Replay
+        self,
+        bootstrap_servers: str,
+        dead_letter_topics: Mapping[str, str],
+        replay: Replay,
+        reads: OneReadAtATime,
     ) -> None:
         self.bootstrap_servers = bootstrap_servers
         self.dead_letter_topics = dict(dead_letter_topics)
         self.replay = replay
-        # Two replay-alls of one topic at once would both send what neither has marked yet.
-        self._replaying = {topic: asyncio.Lock() for topic in self.dead_letter_topics.values()}
+        self.reads = reads
 
     def routes(self) -> Sequence[web.RouteDef]:
         letter = "/dlq/{flow}/{partition:\\d+}/{offset:\\d+}"
@@ -48,20 +65,23 @@ class DlqRoutes:
         async def count(flow: str, topic: str) -> dict[str, Any]:
             entry: dict[str, Any] = {"flow": flow, "topic": topic}
             try:
-                held = await self._read(topic)
-                waiting = await self._read(topic, unreplayed=True)
-            except Problem as missing:
-                if missing.status != 404:
-                    raise
-                return {**entry, "letters": None, "unreplayed": None, "error": missing.detail}
-            return {**entry, "letters": len(held), "unreplayed": len(waiting)}
+                counted = await self._kafka(count_letters(self.bootstrap_servers, topic))
+            except DeadLetterTopicMissingError as missing:
+                return {**entry, "letters": None, "unreplayed": None, "error": str(missing)}
+            return {
+                **entry,
+                "letters": counted.letters,
+                "unreplayed": counted.unreplayed,
+                "approximate": True,  # counted from offsets: see count_letters
+            }
 
-        # Every count runs to its end (none is left reading in the background), then the
-        # first failure, if any, is the answer.
-        counted = await asyncio.gather(
-            *(count(flow, topic) for flow, topic in self.dead_letter_topics.items()),
-            return_exceptions=True,
-        )
+        async with self.reads:
+            # Every count runs to its end (none is left reading in the background), then the
+            # first failure, if any, is the answer.
+            counted = await asyncio.gather(
+                *(count(flow, topic) for flow, topic in self.dead_letter_topics.items()),
+                return_exceptions=True,
+            )
         for result in counted:
             if isinstance(result, BaseException):
                 raise result
@@ -70,28 +90,45 @@ class DlqRoutes:
     async def letters(self, request: web.Request) -> web.Response:
         flow, topic = self._topic(request)
         limit = _limit(request)
-        letters = await self._read(topic)
+
+        async def summaries() -> list[dict[str, Any]]:
+            # Each letter's value (up to a megabyte) is dropped as soon as it is summed up.
+            read = stream_letters(self.bootstrap_servers, topic, limit=limit)
+            async with aclosing(read) as letters:
+                return [_summary(letter) async for letter in letters]
+
+        async with self.reads:
+            counted = await self._read(count_letters(self.bootstrap_servers, topic))
+            listed = await self._read(summaries())
         return web.json_response(
             {
                 "flow": flow,
                 "topic": topic,
-                "total": len(letters),
-                "letters": [_summary(letter) for letter in letters[:limit]],
+                "total": counted.letters,
+                "approximate": True,  # the total, counted from offsets: see count_letters
+                "letters": listed,
             }
         )
 
     async def letter(self, request: web.Request) -> web.Response:
-        return web.json_response(_detail(await self._one(request)))
+        flow, topic = self._topic(request)
+        async with self.reads:
+            letter = await self._one(request, flow, topic)
+        return web.json_response(_detail(letter))
 
     async def replay_one(self, request: web.Request) -> web.Response:
-        letter = await self._one(request)
-        return web.json_response({"replayed": await self._replay([letter])})
+        flow, topic = self._topic(request)
+        async with self.reads:
+            sent = await self._replay([await self._one(request, flow, topic)])
+        return web.json_response({"replayed": sent})
 
     async def replay_all(self, request: web.Request) -> web.Response:
         _, topic = self._topic(request)
-        async with self._replaying[topic]:
+        # Read, sent back and marked in one turn: two replay-alls of a topic at once would both
+        # send what neither has marked yet.
+        async with self.reads:
             # Only what no earlier replay-all (here or `bus dlq replay --all`) sent back.
-            letters = await self._read(topic, unreplayed=True)
+            letters = await self._read(read_letters(self.bootstrap_servers, topic, unreplayed=True))
             sent = await self._replay(letters)
             await self._kafka(mark_replayed(self.bootstrap_servers, letters))
         return web.json_response({"replayed": sent})
@@ -107,26 +144,18 @@ class DlqRoutes:
             )
         return flow, topic
 
-    async def _one(self, request: web.Request) -> StoredLetter:
-        flow, topic = self._topic(request)
+    async def _one(self, request: web.Request, flow: str, topic: str) -> StoredLetter:
         partition, offset = int(request.match_info["partition"]), int(request.match_info["offset"])
-        for letter in await self._read(topic):
-            if (letter.partition, letter.offset) == (partition, offset):
-                return letter
-        raise unknown(
-            "letter",
-            f"{topic}[{partition}]@{offset} holds no dead letter of {flow}; GET /dlq/{flow} "
-            "lists them",
-        )
-
-    async def _read(self, topic: str, *, unreplayed: bool = False) -> list[StoredLetter]:
         try:
-            return await self._kafka(
-                read_letters(self.bootstrap_servers, topic, unreplayed=unreplayed)
-            )
-        except BusError as error:
-            # read_letters' one refusal that is not Kafka failing: the topic does not exist.
-            raise unknown("dead-letter-topic", str(error)) from None
+            return await self._read(read_letter(self.bootstrap_servers, topic, partition, offset))
+        except DeadLetterNotFoundError as missing:
+            raise unknown("letter", f"{missing} (GET /dlq/{flow})") from None
+
+    async def _read(self, work: Awaitable[T]) -> T:
+        try:
+            return await self._kafka(work)
+        except DeadLetterTopicMissingError as missing:
+            raise unknown("dead-letter-topic", str(missing)) from None
 
     async def _replay(self, letters: Sequence[StoredLetter]) -> list[str]:
         try:
@@ -137,9 +166,8 @@ class DlqRoutes:
                 "stopped are back on their topics, and the next replay-all sends every "
                 "letter of this one again",
             )
-        except BusError as error:
-            # Not a Kafka failure (that is a Problem by now): a letter that cannot go back.
-            raise Problem(409, "not-replayable", "Cannot replay", str(error)) from None
+        except NotReplayableError as refused:
+            raise Problem(409, "not-replayable", "Cannot replay", str(refused)) from None
 
     async def _kafka(
         self,
@@ -147,18 +175,14 @@ class DlqRoutes:
         within: float = KAFKA_WITHIN,
         late: str = "Kafka did not answer within {within}",
     ) -> T:
-        """`work`'s result; Kafka failing, or `work` not done `within` seconds, as a 503
-        (other BusErrors pass)."""
+        """`work`'s result; Kafka failing, or `work` not done `within` seconds, as a 503."""
         try:
             async with asyncio.timeout(within):
                 return await work
         except TimeoutError:
             raise unavailable(late.format(within=f"{within:.0f} s")) from None
-        except BusError as error:
-            # bus.flows.dlq wraps what Kafka raised; its own refusals have no such cause.
-            if isinstance(error.__cause__, KafkaError):
-                raise unavailable(str(error)) from None
-            raise
+        except KafkaUnavailableError as error:
+            raise unavailable(str(error)) from None
 
 
 def _limit(request: web.Request) -> int:

@@ -17,3 +17,13 @@ def unavailable(detail: str) -> Problem:
 
 def unknown(what: str, detail: str) -> Problem:
     return Problem(404, f"unknown-{what}", f"Unknown {what.replace('-', ' ')}", detail)
+
+
+def busy(detail: str) -> Problem:
+    return Problem(
+        503,
+        "busy",
+        "Busy",
+        f"{detail}; try again in a few seconds",
+        headers={"Retry-After": str(RETRY_AFTER_S)},
+    )

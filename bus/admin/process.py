@@ -1,6 +1,7 @@
 """The admin API of a `bus run` process: built from its flow files and its telemetry."""
 
 from collections.abc import Sequence
+from datetime import datetime
 from typing import Any
 
 import aiohttp
@@ -26,8 +27,8 @@ def admin_server_for(
         return None
     topic = flows.observability.journeys.topic
 
-    async def journey(event_id: str) -> dict[str, Any] | None:
-        found = await read_journey(bootstrap_servers, topic, event_id)
+    async def journey(event_id: str, since: datetime | None) -> dict[str, Any] | None:
+        found = await read_journey(bootstrap_servers, topic, event_id, since=since)
         return None if found is None else found.as_json()
 
     async def send_back(letters: Sequence[StoredLetter]) -> list[str]:

@@ -3,17 +3,22 @@
 import asyncio
 import time
 from collections.abc import Awaitable, Callable, Sequence
+from datetime import datetime
 from typing import Any, Protocol
 
 from aiohttp import web
 
 from bus.admin.problems import unavailable, unknown
 from bus.admin.readiness import Readiness
-from bus.errors import BusError
+from bus.admin.reads import OneReadAtATime
+from bus.errors import JourneyTopicMissingError, KafkaUnavailableError
+from bus.http.problem import Problem
+from bus.telemetry.journey_reader import parse_since
 from bus.telemetry.status import StatusBoard
 
-JourneyReader = Callable[[str], Awaitable[dict[str, Any] | None]]
-"""An event id -> the journey it belongs to, as JSON, or None when no record names it."""
+JourneyReader = Callable[[str, datetime | None], Awaitable[dict[str, Any] | None]]
+"""An event id, and the time to read from (None: the topic's start) -> the journey it belongs
+to, as JSON, or None when no record names it."""
 JOURNEY_WITHIN = 30.0  # seconds to read a journey: the whole journey topic may be scanned
 
 
@@ -30,11 +35,13 @@ class StatusRoutes:
         readiness: Readiness,
         metrics: Exposition,
         journeys: JourneyReader,
+        reads: OneReadAtATime,
     ) -> None:
         self.board = board
         self.readiness = readiness
         self.metrics = metrics
         self.journeys = journeys
+        self.reads = reads
 
     def routes(self) -> Sequence[web.RouteDef]:
         return [
@@ -81,20 +88,41 @@ class StatusRoutes:
 
     async def journey(self, request: web.Request) -> web.Response:
         event_id = request.match_info["event_id"]
-        try:
-            async with asyncio.timeout(JOURNEY_WITHIN):
-                journey = await self.journeys(event_id)
-        except TimeoutError:
-            raise unavailable(
-                f"the journey topic was not read within {JOURNEY_WITHIN:.0f} s"
-            ) from None
-        except BusError as error:
-            raise unavailable(f"the journey topic cannot be read: {error}") from None
+        since = _since(request)
+        async with self.reads:
+            try:
+                async with asyncio.timeout(JOURNEY_WITHIN):
+                    journey = await self.journeys(event_id, since)
+            except TimeoutError:
+                raise unavailable(
+                    f"the journey topic was not read within {JOURNEY_WITHIN:.0f} s; "
+                    "?since=<ISO time> reads only what was written from then on"
+                ) from None
+            except KafkaUnavailableError as error:
+                raise unavailable(f"the journey topic cannot be read: {error}") from None
+            except JourneyTopicMissingError as missing:
+                raise unknown("journey-topic", str(missing)) from None
         if journey is None:
+            after = "" if since is None else f" since {since.isoformat()}"
             raise unknown(
                 "event",
-                f"no journey record names event {event_id!r}: it did not pass through a bus "
-                "with journeys enabled, its journey was not sampled, or its records are older "
-                "than the journey topic's retention",
+                f"no journey record{after} names event {event_id!r}: it did not pass through a "
+                "bus with journeys enabled, its journey was not sampled, or its records are "
+                "older than the journey topic's retention",
             )
         return web.json_response(journey)
+
+
+def _since(request: web.Request) -> datetime | None:
+    given = request.query.get("since")
+    if given is None:
+        return None
+    try:
+        return parse_since(given)
+    except ValueError as error:
+        raise Problem(
+            400,
+            "bad-since",
+            "Invalid since",
+            f"since: {error} (in a URL, write an offset's + as %2B)",
+        ) from None

@@ -6,13 +6,19 @@ Routes (JSON unless said otherwise):
 - GET /metrics: Prometheus text.
 - GET /flows, GET /flows/{name}: each item's state, since when, counters, lag, breaker,
   in-flight records and last error.
-- GET /journeys/{event_id}: the journey the event belongs to.
-- GET /dlq: each item with a dead-letter topic, with how many letters it holds.
-- GET /dlq/{flow}[?limit=N]: its letters and why each is there.
+- GET /journeys/{event_id}[?since=ISO-TIME]: the journey the event belongs to (with `since`,
+  only its hops recorded from then on).
+- GET /dlq: each item with a dead-letter topic, with how many letters it holds and how many no
+  replay-all sent back yet; counted from offsets, so `approximate` (see count_letters).
+- GET /dlq/{flow}[?limit=N]: its first N letters and why each is there, and their total
+  (approximate, as above).
 - GET /dlq/{flow}/{partition}/{offset}: one letter: reason, headers as text, key and value in
   base64.
 - POST /dlq/{flow}/{partition}/{offset}/replay: send that letter back.
 - POST /dlq/{flow}/replay: send back every letter no replay-all sent yet, then mark them.
+
+The /journeys and /dlq routes read Kafka one at a time (bus.admin.reads): a second caller waits
+a few seconds for the first, then gets 503 with Retry-After.
 """
 
 from collections.abc import Mapping
@@ -24,11 +30,17 @@ from aiohttp.typedefs import Handler, Middleware
 from bus.admin.auth import admin_authenticator, require_authentication
 from bus.admin.dlq_routes import DlqRoutes, Replay
 from bus.admin.readiness import Readiness
+from bus.admin.reads import READ_WAIT_S, OneReadAtATime
 from bus.admin.routes import Exposition, JourneyReader, StatusRoutes
 from bus.errors import BusError, ConfigError
 from bus.flows.model import AdminSettings
 from bus.http.problem import Problem, problem_middleware
 from bus.telemetry.status import StatusBoard
+
+# An admin call under way at stop (a journey scan, a replay-all) may go on this long, and its
+# cancelled handler as long again (aiohttp waits twice): it must not hold up the shutdown of
+# the `bus run` process it observes, as aiohttp's default of 60 s would.
+SHUTDOWN_S = 2.0
 
 
 class AdminServer:
@@ -48,7 +60,9 @@ class AdminServer:
         dead_letter_topics: Mapping[str, str],
         replay: Replay,
         session: aiohttp.ClientSession,
+        read_wait: float = READ_WAIT_S,
     ) -> None:
+        """`read_wait`: how long a /journeys or /dlq call waits for the one under way."""
         self.settings = settings
         authenticator = admin_authenticator(settings, session)
         self._readiness = Readiness(board, bootstrap_servers)
@@ -58,8 +72,13 @@ class AdminServer:
             # so that an anonymous caller learns nothing, not even which paths exist.
             middlewares.insert(1, require_authentication(authenticator))
         self._app = web.Application(middlewares=middlewares)
-        self._app.add_routes(StatusRoutes(board, self._readiness, metrics, journeys).routes())
-        self._app.add_routes(DlqRoutes(bootstrap_servers, dead_letter_topics, replay).routes())
+        reads = OneReadAtATime(read_wait)
+        self._app.add_routes(
+            StatusRoutes(board, self._readiness, metrics, journeys, reads).routes()
+        )
+        self._app.add_routes(
+            DlqRoutes(bootstrap_servers, dead_letter_topics, replay, reads).routes()
+        )
         self._runner: web.AppRunner | None = None
         self._url: str | None = None
 
@@ -72,7 +91,7 @@ class AdminServer:
 
     async def start(self) -> None:
         # No access log: probes come every few seconds, and their lines would drown the rest.
-        runner = web.AppRunner(self._app, access_log=None)
+        runner = web.AppRunner(self._app, access_log=None, shutdown_timeout=SHUTDOWN_S)
         await runner.setup()
         site = web.TCPSite(runner, self.settings.host, self.settings.port)
         try:

@@ -3,7 +3,8 @@
 A reply is a new event of `reply.type`, each field mapped by an expression over `response`
 (status, headers, body), `event` (the request event's data) and `attributes` (its CloudEvents
 attributes). It keeps the request's key and subject, so it lands in the partition of the
-request's key and can be joined to it; `ce_parentid` names the request. Its id derives from
+request's key and can be joined to it; `ce_parentid` names the request and `ce_rootid` the
+request's journey (`bus.events.lineage`), which the reply joins. Its id derives from
 (flow, request id): delivering a request again after a crash makes a reply with the same id,
 which consumers drop as a duplicate.
 """
@@ -16,10 +17,10 @@ from bus.delivery.contract import Response
 from bus.events.catalog import SchemaCatalog
 from bus.events.codec import DecodedEvent
 from bus.events.event import Event
+from bus.events.lineage import child_extensions
 from bus.events.validation import new_event
 from bus.flows import model
 from bus.flows.expressions import Expression, compile_expression
-from bus.flows.processor import PARENT_ID
 from bus.flows.steps import attributes_of
 
 REPLY_VARIABLES = ("response", "event", "attributes")
@@ -80,5 +81,5 @@ def reply_event(
         key=event.key,
         subject=event.subject,
         event_id=reply_event_id(flow, event.id),
-        extensions={PARENT_ID: event.id},
+        extensions=child_extensions(event),
     )

@@ -38,7 +38,12 @@ supervisor starts again from the last commit, and nothing is lost.
 
 Each record is one `outbound` hop (`bus.telemetry.hub`) spanning its attempts, each attempt a
 CLIENT span made current around the adapter's call (so the shared HTTP session's trace config
-sends its `traceparent`) and a sample of `metrics.outbound_call`.
+sends its `traceparent`; `hop.step` is "call" meanwhile, for log lines) and a sample of
+`Telemetry.outbound_call`, taken after the circuit breaker heard the outcome. The hop's
+`bus_end_to_end_latency_seconds` starts at its input event's `ce_time`: for an event a
+mediation flow wrote, when that flow wrote it, not when the journey's first event was made.
+Dead letters' error headers are redacted like the hop's error (`HopScope.redact`): an external
+system's answer quoted there may echo a secret.
 """
 
 import asyncio
@@ -80,7 +85,9 @@ from bus.resilience.circuit_breaker import BreakerState
 from bus.resilience.clock import SYSTEM_CLOCK, Clock
 from bus.resilience.retry import RetriesExhaustedError
 from bus.telemetry.hop import Output
-from bus.telemetry.hub import ROOT_ID, HopScope, StepSpan, Telemetry, root_id_of
+from bus.telemetry.hop_scope import HopScope
+from bus.telemetry.hub import Telemetry
+from bus.telemetry.spans import StepSpan
 
 __all__ = [
     "DeliveryPlan",
@@ -397,22 +404,23 @@ class DeliveryRunner:
                     return await self._call(decoded, scope)
 
     async def _call(self, decoded: DecodedEvent, scope: HopScope) -> _Outcome:
-        """The adapter's call, and what its outcome says of the endpoint's health."""
+        """The adapter's call, and what its outcome says of the endpoint's health. The
+        breaker hears it first: nothing after may keep a half-open trial from being decided."""
         breaker = self.plan.breaker
         started = time.perf_counter()
-        with scope.span(f"call {self.plan.name}", SpanKind.CLIENT) as span:
+        with scope.span(f"call {self.plan.name}", SpanKind.CLIENT, step="call") as span:
             try:
                 response = await self._timed_call(decoded)
             except TransientDeliveryError as error:
+                counts = True
+                if breaker is not None:
+                    breaker.record_failure()
+                    # Open now: either it was open (this call went out before) or this failure
+                    # opened it. Either way the endpoint is down, no fault of this event.
+                    counts = breaker.state is not BreakerState.OPEN
                 self._called(scope, span, error.status, started, error)
-                if breaker is None:
-                    return _Failed(error, counts=True)
-                breaker.record_failure()
-                # Open now: either it was open (this call went out before) or this failure
-                # opened it. Either way the endpoint is down, which is no fault of this event.
-                return _Failed(error, counts=breaker.state is not BreakerState.OPEN)
+                return _Failed(error, counts=counts)
             except PermanentDeliveryError as error:
-                self._called(scope, span, error.status, started, error)
                 if breaker is not None:
                     # An answer that refuses this event shows the endpoint up; an error without
                     # a status was raised before anything was sent and says nothing of its
@@ -421,14 +429,15 @@ class DeliveryRunner:
                         breaker.record_abandoned()
                     else:
                         breaker.record_success()
+                self._called(scope, span, error.status, started, error)
                 return _Refused(error)
             except BaseException:
                 if breaker is not None:
                     breaker.record_abandoned()  # cancelled, or an adapter that broke its contract
                 raise
+            if breaker is not None:
+                breaker.record_success()
             self._called(scope, span, response.status, started)
-        if breaker is not None:
-            breaker.record_success()
         return _Answered(response)
 
     def _called(
@@ -439,14 +448,14 @@ class DeliveryRunner:
         started: float,
         error: DeliveryError | None = None,
     ) -> None:
-        """One call's answer, in the hop, its span and the metrics."""
+        """One call's answer, in the hop, its span (which redacts the error) and the metrics."""
         scope.hop.status = status
         if status is not None:
             span.set("http.response.status_code", status)
         if error is not None:
             span.set("error.type", type(error).__name__)
             span.fail(describe(error))
-        self.telemetry.metrics.outbound_call(self.plan.name, status, time.perf_counter() - started)
+        self.telemetry.outbound_call(self.plan.name, status, time.perf_counter() - started)
 
     async def _timed_call(self, decoded: DecodedEvent) -> Response:
         limit = self.plan.call_timeout
@@ -478,8 +487,6 @@ class DeliveryRunner:
                 request=decoded,
                 response=delivered.response,
             )
-            lineage = {**event.extensions, ROOT_ID: root_id_of(decoded.event)}
-            event = replace(event, extensions=lineage)
             reply = await self.codec.encode(event, scope.carrier(decoded.trace))
             if record_size(reply) > MAX_RECORD_BYTES:
                 raise RecordTooLargeError(
@@ -514,7 +521,7 @@ class DeliveryRunner:
     ) -> None:
         letter = DeadLetter(
             error_type=type(error).__name__,
-            error=preface + describe(error),
+            error=scope.redact(preface + describe(error)),
             flow=self.plan.name,
             step=step,
             topic=record.topic,

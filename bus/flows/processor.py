@@ -1,6 +1,8 @@
 """One record through one flow: decode, apply the steps, encode the outputs — or a dead letter.
 
 Nothing here touches Kafka, so the Kafka runner and the in-memory test kit share it exactly.
+Outputs carry their lineage (`bus.events.lineage`). A dead letter's error text is redacted by
+the record's hop (`HopScope.redact`): it goes into headers that anyone reading the DLQ sees.
 """
 
 import uuid
@@ -10,15 +12,15 @@ from dataclasses import dataclass, replace
 from bus.errors import BusError, SchemaRegistryError, TransientDeliveryError
 from bus.events.codec import DecodedEvent, EventCodec, KafkaRecord
 from bus.events.event import Event, now
+from bus.events.lineage import child_extensions
 from bus.flows.dead_letters import DeadLetter, InputRecord, previous_attempts
 from bus.flows.dead_letters import now as utc_now
 from bus.flows.steps import Item, Step
-from bus.telemetry.hub import PARENT_ID, ROOT_ID, HopScope, root_id_of
+from bus.telemetry.hop_scope import HopScope
 
 __all__ = [
     "DROPPED_HEADER",
     "MAX_RECORD_BYTES",
-    "PARENT_ID",
     "FlowProcessor",
     "Handled",
     "Output",
@@ -108,7 +110,7 @@ class FlowProcessor:
                 f"an output to {oversized.topic} would be {record_size(oversized.record)} bytes, "
                 f"over the {MAX_RECORD_BYTES}-byte limit of a Kafka record"
             )
-            outcome = self._dead_letter(record, "output", too_big, attempts)
+            outcome = self._dead_letter(record, "output", too_big, attempts, scope)
         letter = outcome.to_record(record)
         if record_size(letter) > MAX_RECORD_BYTES:
             # Its value is what made it too large; the headers still say where it came from.
@@ -129,14 +131,14 @@ class FlowProcessor:
             items = await self._apply_steps(decoded.event, scope)
             return await self._outputs(decoded, items, scope)
         except _Failed as failed:
-            return self._dead_letter(record, failed.step, failed.error, attempts)
+            return self._dead_letter(record, failed.step, failed.error, attempts, scope)
 
     def _dead_letter(
-        self, record: InputRecord, step: str, error: Exception, attempts: int
+        self, record: InputRecord, step: str, error: Exception, attempts: int, scope: HopScope
     ) -> DeadLetter:
         return DeadLetter(
             error_type=type(error).__name__,
-            error=str(error),
+            error=scope.redact(str(error)),  # it travels in headers, to whoever reads the DLQ
             flow=self.flow,
             step=step,
             topic=record.topic,
@@ -171,7 +173,6 @@ class FlowProcessor:
         self, decoded: DecodedEvent, items: list[Item], scope: HopScope
     ) -> list[Output]:
         parent = decoded.event
-        lineage = {PARENT_ID: parent.id, ROOT_ID: root_id_of(parent)}
         trace = scope.carrier(decoded.trace)
         outputs: list[Output] = []
         for position, item in enumerate(items):
@@ -186,7 +187,7 @@ class FlowProcessor:
                 id=str(uuid.uuid5(_IDS, f"{self.flow}/{parent.id}/{position}")),
                 source=self.source,
                 time=now(),
-                extensions={**item.event.extensions, **lineage},
+                extensions=child_extensions(parent, item.event.extensions),
             )
             try:
                 record = await self.codec.encode(event, trace)

@@ -1,19 +1,33 @@
 """A mediation flow on Kafka: one consumer group member, at-least-once or exactly-once.
 
 The loop takes a batch of at most `max_in_flight` records (the backpressure: nothing more is
-fetched until the batch is done), processes each partition's records in order and the partitions
-concurrently, and only when every output and dead letter of the batch is acknowledged commits
-the offsets after it. Under exactly-once, each partition's part of the batch is one Kafka
-transaction of that partition's own transactional producer, its offsets inside it.
+fetched until the batch is done) and processes each partition's records in order and the
+partitions concurrently. What each guarantee promises, and how:
 
-Each record is one `mediation` hop (`bus.telemetry.hub`): it ends when the record's writes are
-acknowledged, with where they landed, or as failed when the batch fails.
+- **At-least-once** (the default): only when every output and dead letter of the batch is
+  acknowledged (acks=all) are the offsets after it committed. A crash before the commit
+  processes the batch again: outputs may be written twice (with the same event ids, so
+  consumers can drop the duplicates), never lost.
+- **Exactly-once**: each partition's part of the batch is one Kafka transaction of that
+  partition's own transactional producer, its outputs, dead letters and offsets inside it;
+  read_committed consumers see all of it or none. A failure aborts the transaction and the
+  part is processed again.
+- **Order** is kept per partition, hence per key; a rebalance waits for the batch in hand.
+
+Each record is one `mediation` hop (`bus.telemetry.hub`). It ends once its work is durable:
+after the offsets were committed (at-least-once) or the transaction committed (exactly-once),
+saying where its writes landed; as failed, with the error, when the batch (or its partition's
+transaction) failed or its commit did, since the record will be processed again. So a
+mediation hop's duration, and `bus_processing_duration_seconds{kind="mediation"}`, is one
+record's latency including the wait for its whole batch's acknowledgements and commit, not the
+time spent on the record alone.
 """
 
 import asyncio
 import logging
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from types import TracebackType
 from typing import Any, Literal
 
 from aiokafka import AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
@@ -23,7 +37,8 @@ from bus.flows.dead_letters import InputRecord
 from bus.flows.processor import FlowProcessor, Output
 from bus.kafka_clients import durable_producer, group_consumer
 from bus.telemetry import hop as hops
-from bus.telemetry.hub import HopScope, Telemetry
+from bus.telemetry.hop_scope import HopScope
+from bus.telemetry.hub import Telemetry
 
 log = logging.getLogger(__name__)
 
@@ -63,13 +78,37 @@ class _Sent:
     writes: list[Output]
     acks: list[asyncio.Future[Any]]
 
-    def acknowledged(self) -> None:
-        """Every write is acknowledged: the hop ends, saying where they landed."""
+    def committed(self) -> None:
+        """Every write is acknowledged and committed: the hop ends, saying where they landed."""
         self.scope.hop.outputs = [
             hops.Output(write.event_id, write.topic, ack.result().partition, ack.result().offset)
             for write, ack in zip(self.writes, self.acks, strict=True)
         ]
         self.scope.end()
+
+
+class _Committing:
+    """The records sent for one commit (a batch, or a partition's transaction): their hops
+    end when the `with` block, which ends with the commit, is left: as processed if it
+    completed, else as failed (not committed: each record will be processed again)."""
+
+    def __init__(self) -> None:
+        self.sent: list[_Sent] = []
+
+    def __enter__(self) -> list[_Sent]:
+        return self.sent
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        error: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        for one in self.sent:
+            if error is None:
+                one.committed()
+            else:
+                one.scope.end(error)
 
 
 class FlowRunner:
@@ -122,8 +161,9 @@ class FlowRunner:
                                 if exactly_once:
                                     await self._transactions(transactional, batch)
                                 else:
-                                    await self._produce(producer, batch)
-                                    await consumer.commit(_next_offsets(batch))
+                                    with _Committing() as sent:
+                                        await self._produce(producer, batch, sent)
+                                        await consumer.commit(_next_offsets(batch))
                         except TimeoutError as slow:
                             records = sum(len(records) for records in batch.values())
                             raise BatchTooSlowError(
@@ -147,38 +187,35 @@ class FlowRunner:
 
         async def in_transaction(partition: TopicPartition, records: list[Any]) -> None:
             producer = await producers.producer_for(partition)
-            async with producer.transaction():
-                await self._produce(producer, {partition: records})
-                offsets = {partition: records[-1].offset + 1}
-                await producer.send_offsets_to_transaction(offsets, self.plan.group_id)
+            with _Committing() as sent:  # outside the transaction: its hops end once it ended
+                async with producer.transaction():
+                    await self._produce(producer, {partition: records}, sent)
+                    offsets = {partition: records[-1].offset + 1}
+                    await producer.send_offsets_to_transaction(offsets, self.plan.group_id)
 
         async with asyncio.TaskGroup() as partitions:
             for partition, records in batch.items():
                 partitions.create_task(in_transaction(partition, records))
 
     async def _produce(
-        self, producer: AIOKafkaProducer, batch: dict[TopicPartition, list[Any]]
+        self,
+        producer: AIOKafkaProducer,
+        batch: dict[TopicPartition, list[Any]],
+        sent: list[_Sent],
     ) -> None:
-        """Send every output of the batch and wait until Kafka acknowledged them all."""
-        sent: list[_Sent] = []
+        """Send every output of the batch, each record's into `sent` (whose hops the caller
+        ends after the commit), and wait until Kafka acknowledged them all."""
 
         async def partition_in_order(records: list[Any]) -> None:
             for record in records:
                 sent.append(await self._send_outcome(producer, record))
 
-        try:
-            # A task group: when one partition fails, the others stop too, rather than going
-            # on calling lookups and sending while the flow restarts.
-            async with asyncio.TaskGroup() as partitions:
-                for records in batch.values():
-                    partitions.create_task(partition_in_order(records))
-            await asyncio.gather(*(ack for one in sent for ack in one.acks))
-        except BaseException as error:
-            for one in sent:  # not committed: each of these records will be processed again
-                one.scope.end(error)
-            raise
-        for one in sent:
-            one.acknowledged()
+        # A task group: when one partition fails, the others stop too, rather than going on
+        # calling lookups and sending while the flow restarts.
+        async with asyncio.TaskGroup() as partitions:
+            for records in batch.values():
+                partitions.create_task(partition_in_order(records))
+        await asyncio.gather(*(ack for one in sent for ack in one.acks))
 
     async def _send_outcome(self, producer: AIOKafkaProducer, consumed: Any) -> _Sent:
         record = InputRecord(

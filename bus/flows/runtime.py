@@ -1,8 +1,9 @@
 """`bus run`: every item of a flow set in one asyncio process, until told to stop: inbound
 endpoints on one HTTP server, pollers, mediation flows and outbound deliveries.
 
-Every part gets the process's one `Telemetry` (spans, journeys, metrics, the status board), and
-the board says what each item is doing: the supervisor sets its state, the runners its consumer.
+Every part gets the process's one `Telemetry` (spans, journeys, metrics, the status board, and
+the redactor of the flow files' secrets for the errors hops write), and the board says what
+each item is doing: the supervisor sets its state, the runners its consumer.
 """
 
 import asyncio
@@ -38,6 +39,7 @@ from bus.resilience.rate_limit import limiter_from
 from bus.resilience.retry import policy_from
 from bus.telemetry.http_client import tracing_config
 from bus.telemetry.hub import Telemetry
+from bus.telemetry.secrets import secrets_of
 from bus.telemetry.status import ItemKind, ItemState, ItemStatus
 
 log = logging.getLogger(__name__)
@@ -114,7 +116,9 @@ async def _telemetry_for(
     if given is not None:
         yield given
         return
-    telemetry = Telemetry.from_settings(flows.observability, bootstrap_servers)
+    telemetry = Telemetry.from_settings(
+        flows.observability, bootstrap_servers, secrets=secrets_of(flows)
+    )
     await telemetry.start()
     try:
         yield telemetry

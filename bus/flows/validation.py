@@ -13,6 +13,7 @@ import sys
 from collections.abc import Mapping
 from typing import Any
 
+from bus.admin.auth_settings import auth_problems
 from bus.events.catalog import SchemaCatalog
 from bus.flows.expressions import ExpressionError, compile_expression
 from bus.flows.model import (
@@ -53,7 +54,19 @@ def validate_flows(flows: FlowSet, catalog: SchemaCatalog) -> list[str]:
         checker.outbound(outbound)
     for adapter in installed_adapters().values():  # settings outside items (the publish API)
         checker.problems += adapter.check_flows(flows, catalog)
-    return checker.problems
+    return checker.problems + _admin_problems(flows)
+
+
+def _admin_problems(flows: FlowSet) -> list[str]:
+    """What `bus run` would refuse in the admin API's settings, located in the file."""
+    admin = flows.observability.admin
+    if admin is None:
+        return []
+    file = next(file for file in flows.files if file.observability is not None)
+    return [
+        file.source.problem(("observability", "admin", *path), message)
+        for path, message in auth_problems(admin)
+    ]
 
 
 def flow_file_json_schema() -> dict[str, Any]:

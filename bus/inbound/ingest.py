@@ -99,20 +99,13 @@ class Ingest:
         if self._producer is not None:
             await self._producer.stop()
 
-    async def store(
-        self,
-        topic: str,
-        event: Event,
-        trace: Mapping[str, str] | None = None,
-        *,
-        item: str,
-    ) -> None:
+    async def store(self, topic: str, event: Event, *, item: str) -> None:
         """Return once Kafka acknowledged `event` on `topic`, or raise
         StorageUnavailableError within the deadline. `item` is the inbound item storing it."""
         with self.telemetry.producing("inbound", item, topic) as scope:
             scope.event(event)
             scope.hop.topic = topic
-            partition, offset = await self._store(topic, event, scope.carrier(trace))
+            partition, offset = await self._store(topic, event, scope.carrier())
             scope.hop.partition = partition
             scope.hop.offset = offset
             scope.hop.outcome = "accepted"

@@ -1,16 +1,19 @@
 """The one HTTP server of a `bus run` process: every adapter's routes, problem+json errors.
 
-Every request is measured (`metrics.inbound_request`, by the route it matched, never by its
-raw path) and, when tracing is on, is a SERVER span continuing the caller's `traceparent`,
-current while the handler runs, so that the event it stores is a child of it.
+Every request is measured (`Telemetry.inbound_request`, by the route it matched, never by its
+raw path, and by its method, any outside HTTP's standard ones as `_OTHER`, as the OTel HTTP
+semantic conventions say: a caller must not be able to make a label value per request) and,
+when tracing is on, is a SERVER span continuing the caller's `traceparent`, current while the
+handler runs, so that the event it stores is a child of it. A failing metric never changes the
+answer: the sample is guarded.
 """
 
 import logging
 import time
 from collections.abc import Sequence
-from typing import Any
 
 from aiohttp import web
+from aiohttp.typedefs import Handler, Middleware
 from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode
@@ -25,6 +28,10 @@ log = logging.getLogger(__name__)
 SHUTDOWN_S = 25.0
 UNMATCHED = "unmatched"  # the route of a request that matched none (a 404), as metrics say it
 SERVER_ERROR = 500
+KNOWN_METHODS = frozenset(
+    {"GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH"}
+)
+OTHER_METHOD = "_OTHER"
 
 
 class InboundServer:
@@ -62,15 +69,21 @@ class InboundServer:
         return f"http://{self.host}:{self.port}"
 
 
-def _observed(telemetry: Telemetry) -> Any:
-    metrics, tracing = telemetry.metrics, telemetry.tracing
+def _known_method(method: str) -> str:
+    """`method` if it is one of HTTP's standard methods, else `_OTHER`."""
+    return method if method in KNOWN_METHODS else OTHER_METHOD
+
+
+def _observed(telemetry: Telemetry) -> Middleware:
+    tracing = telemetry.tracing
 
     @web.middleware
-    async def observe(request: web.Request, handler: Any) -> web.StreamResponse:
+    async def observe(request: web.Request, handler: Handler) -> web.StreamResponse:
         started = time.perf_counter()
         resource = request.match_info.route.resource
         route = resource.canonical if resource is not None else UNMATCHED
-        span = _server_span(telemetry, request, route) if tracing.enabled else None
+        method = _known_method(request.method)
+        span = _server_span(telemetry, request, method, route) if tracing.enabled else None
         token = None if span is None else otel_context.attach(trace.set_span_in_context(span))
         status = SERVER_ERROR  # unless an answer says otherwise
         try:
@@ -81,7 +94,7 @@ def _observed(telemetry: Telemetry) -> Any:
             status = answer.status
             raise
         finally:
-            metrics.inbound_request(route, request.method, status, time.perf_counter() - started)
+            telemetry.inbound_request(route, method, status, time.perf_counter() - started)
             if span is not None and token is not None:
                 otel_context.detach(token)
                 _end_server_span(span, status)
@@ -89,19 +102,22 @@ def _observed(telemetry: Telemetry) -> Any:
     return observe
 
 
-def _server_span(telemetry: Telemetry, request: web.Request, route: str) -> Span:
+def _server_span(telemetry: Telemetry, request: web.Request, method: str, route: str) -> Span:
     carrier = {name: request.headers[name] for name in TRACE_HEADERS if name in request.headers}
     host, _, port = request.host.partition(":")
     attributes = {
-        "http.request.method": request.method,
+        "http.request.method": method,
         "http.route": route,
         "url.path": request.path,
         "url.scheme": request.scheme,
         "server.address": host,
         "network.protocol.version": f"{request.version.major}.{request.version.minor}",
     }
+    if method == OTHER_METHOD:
+        attributes["http.request.method_original"] = request.method
     span = telemetry.tracing.start_span(
-        f"{request.method} {route}",
+        # The conventions name a span of an unknown method "HTTP <route>".
+        f"{'HTTP' if method == OTHER_METHOD else method} {route}",
         SpanKind.SERVER,
         parent=extract(carrier),
         attributes=attributes,

@@ -1,27 +1,26 @@
 """Reading one journey back from the journey topic, for `bus trace` and the admin API.
 
-Two passes over what the topic holds when the call starts (records written later are left for
-the next call): the first finds any record naming the event and so its journey's key; the
-second reads only that key's partition, where all of the journey's records are.
+Only what the topic holds when the call starts is read (records written later are left for the
+next call). A journey's records are keyed by its root event id, so they all sit in the one
+partition Kafka's default partitioner (murmur2 of the key, as the recorder's producer uses)
+gives that key. A root id is looked up in that partition alone. Any other id, or a root id
+that partition does not hold (partitions added to the topic since), takes two passes: the
+first, over every partition, finds a record naming the event and so its journey's key; the
+second reads only that key's partition.
 """
 
-import asyncio
-from collections.abc import AsyncGenerator
 from contextlib import aclosing
-from datetime import datetime
+from datetime import UTC, datetime
+from typing import Any
 
-from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import KafkaError
+from aiokafka.partitioner import DefaultPartitioner
 
-from bus.errors import BusError
+from bus.errors import JourneyTopicMissingError, KafkaUnavailableError
+from bus.kafka_topics import Ranges, scan, topic_partitions
 from bus.telemetry.journey_record import decode, names
 from bus.telemetry.journey_tree import Journey
-
-STALL_S = 15.0  # how long a read may get no records while some are known to be left
-_POLL_MS = 500
-
-Ranges = dict[TopicPartition, tuple[int, int]]  # partition: [first offset, end offset)
 
 
 async def read_journey(
@@ -38,30 +37,47 @@ async def read_journey(
     try:
         await consumer.start()
         ranges = await _ranges(bootstrap_servers, consumer, topic, since)
+        needle = event_id.encode()
+        # Where the recorder's producer (aiokafka's default partitioner, the Java client's
+        # murmur2) put the records keyed by this id, were it a root id.
+        home = DefaultPartitioner()(needle, list(ranges), list(ranges))
+        records = await _keyed(consumer, {home: ranges[home]}, needle)
+        if records:
+            return Journey.from_records(event_id, records)
         found = await _find(consumer, ranges, event_id)
         if found is None:
             return None
         partition, key = found
-        records = [
-            record
-            async for message in _scan(consumer, {partition: ranges[partition]})
-            if message.key == key and (record := decode(message.value)) is not None
-        ]
+        records = await _keyed(consumer, {partition: ranges[partition]}, key)
         return Journey.from_records(key.decode(errors="replace"), records)
     except KafkaError as error:
-        raise BusError(
-            f"cannot read the journey topic {topic!r} at {bootstrap_servers}: {error}"
+        raise KafkaUnavailableError(
+            f"cannot read the journey topic {topic!r} at {bootstrap_servers}: {error}; check "
+            "that the cluster is up, then try again"
         ) from error
     finally:
         await consumer.stop()
 
 
+def parse_since(text: str) -> datetime:
+    """An ISO 8601 time as `--since` and `?since=` take it: UTC unless it says otherwise.
+    ValueError, saying how to write one, for anything else."""
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        raise ValueError(
+            f"{text[:40]!r} is not an ISO 8601 time; write e.g. 2026-11-24T11:59:00Z"
+        ) from None
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
+
+
 async def _ranges(
     bootstrap_servers: str, consumer: AIOKafkaConsumer, topic: str, since: datetime | None
 ) -> Ranges:
-    partitions = [TopicPartition(topic, n) for n in await _partitions(bootstrap_servers, topic)]
+    """What to read of every partition of the topic, in partition order (some may be empty)."""
+    partitions = await topic_partitions(bootstrap_servers, topic)
     if not partitions:
-        raise BusError(
+        raise JourneyTopicMissingError(
             f"the journey topic {topic!r} does not exist: no `bus run` with journeys enabled "
             "has written to this cluster yet, or the topic is another one (--topic, or the flow "
             "files' observability.journeys.topic)"
@@ -73,20 +89,17 @@ async def _ranges(
         moment = int(since.timestamp() * 1000)
         found = await consumer.offsets_for_times({tp: moment for tp in partitions})
         starts = {tp: ends[tp] if at is None else at.offset for tp, at in found.items()}
-    return {tp: (starts[tp], ends[tp]) for tp in partitions if starts[tp] < ends[tp]}
+    return {tp: (starts[tp], ends[tp]) for tp in partitions}
 
 
-async def _partitions(bootstrap_servers: str, topic: str) -> list[int]:
-    """The topic's partition numbers; none if it does not exist."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers)
-    try:
-        await admin.start()
-        [described] = await admin.describe_topics([topic])
-    finally:
-        await admin.close()
-    if described.get("error_code"):
-        return []
-    return sorted(partition["partition"] for partition in described["partitions"])
+async def _keyed(consumer: AIOKafkaConsumer, ranges: Ranges, key: bytes) -> list[dict[str, Any]]:
+    """The readable records in `ranges` keyed by `key`: one journey's."""
+    async with aclosing(scan(consumer, ranges)) as messages:
+        return [
+            record
+            async for message in messages
+            if message.key == key and (record := decode(message.value)) is not None
+        ]
 
 
 async def _find(
@@ -94,7 +107,7 @@ async def _find(
 ) -> tuple[TopicPartition, bytes] | None:
     """The partition and key of the journey that a record naming `event_id` belongs to."""
     needle = event_id.encode()
-    async with aclosing(_scan(consumer, ranges)) as messages:
+    async with aclosing(scan(consumer, ranges)) as messages:
         async for message in messages:
             key, value = message.key, message.value or b""
             # Most records do not mention the id at all: skip them without parsing JSON.
@@ -104,34 +117,3 @@ async def _find(
             if key == needle or (record is not None and names(record, event_id)):
                 return TopicPartition(message.topic, message.partition), key
     return None
-
-
-async def _scan(
-    consumer: AIOKafkaConsumer, ranges: Ranges
-) -> AsyncGenerator[ConsumerRecord[bytes, bytes]]:
-    """Every record in `ranges`, each partition's in offset order."""
-    left = dict(ranges)
-    consumer.assign(list(left))
-    for partition, (start, _) in left.items():
-        consumer.seek(partition, start)
-    loop = asyncio.get_running_loop()
-    last_progress = loop.time()
-    while left:
-        batches = await consumer.getmany(*left, timeout_ms=_POLL_MS)
-        for partition, messages in batches.items():
-            end = left[partition][1]
-            for message in messages:
-                if message.offset < end:
-                    yield message
-        for partition, (_, end) in list(left.items()):
-            if await consumer.position(partition) >= end:
-                del left[partition]
-                consumer.pause(partition)
-        if any(batches.values()):
-            last_progress = loop.time()
-        elif left and loop.time() - last_progress > STALL_S:
-            raise BusError(
-                f"reading the journey topic got no records for {STALL_S:g} s while "
-                f"{', '.join(f'{tp.topic}[{tp.partition}]' for tp in left)} had some left; "
-                "check that the cluster is up, then run the command again"
-            )

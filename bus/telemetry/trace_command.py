@@ -2,14 +2,16 @@
 
 import asyncio
 import json
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 
 import click
 
+from bus.cli_support import checked_flows, reachable_kafka, settings_for
 from bus.config import load_settings
 from bus.errors import BusError
 from bus.flows.model import JourneySettings
+from bus.telemetry.journey_reader import parse_since
 from bus.telemetry.journeys import Journey, read_journey, render_journey
 
 
@@ -17,12 +19,9 @@ def _since(_ctx: click.Context, _param: click.Parameter, value: str | None) -> d
     if value is None:
         return None
     try:
-        moment = datetime.fromisoformat(value)
+        return parse_since(value)
     except ValueError as error:
-        raise click.BadParameter(
-            f"{value!r} is not an ISO 8601 time; write e.g. 2026-11-24T11:59:00Z"
-        ) from error
-    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
+        raise click.BadParameter(str(error)) from error
 
 
 @click.command()
@@ -52,20 +51,15 @@ def trace(
     FILES are the flow files given to `bus run`: they say where Kafka and the journey topic
     are. Without them: KAFKA_BOOTSTRAP_SERVERS (else the local broker) and bus.journeys.
     """
-    # bus.cli registers this command, so importing it at the top of this module is circular.
-    from bus.cli import _checked_flows, _reachable_kafka  # noqa: PLC0415 -- see above
-
     settings, journeys = load_settings(), JourneySettings()
     if files:
-        flows, _ = _checked_flows(files, settings)
+        flows, _ = checked_flows(files, settings)
         journeys = flows.observability.journeys
-        if flows.kafka and flows.kafka.bootstrap_servers:  # as `bus run FILES` does
-            servers = flows.kafka.bootstrap_servers
-            settings = settings.model_copy(update={"kafka_bootstrap_servers": servers})
+        settings = settings_for(flows, settings)  # as `bus run FILES` does
     chosen = topic or journeys.topic
 
     async def read() -> Journey | None:
-        bootstrap = await _reachable_kafka(settings)
+        bootstrap = await reachable_kafka(settings)
         return await read_journey(bootstrap, chosen, event_id, since=since)
 
     journey = asyncio.run(read())

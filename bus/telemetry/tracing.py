@@ -8,6 +8,8 @@ Context travels between hops as W3C `traceparent`/`tracestate` headers: Kafka re
 (the codec writes `trace` mappings into them), HTTP request headers (inbound and outbound).
 """
 
+import asyncio
+import logging
 from collections.abc import Mapping, Sequence
 
 from opentelemetry import trace
@@ -30,6 +32,8 @@ from bus.flows.model import TracingSettings
 TRACE_HEADERS = ("traceparent", "tracestate")
 """The headers that carry trace context, on Kafka records and HTTP requests alike."""
 _PROPAGATOR = TraceContextTextMapPropagator()
+
+log = logging.getLogger(__name__)
 
 
 class Tracing:
@@ -98,10 +102,27 @@ class Tracing:
         assert self.tracer is not None  # noqa: S101 -- callers check `enabled` first
         return self.tracer.start_span(name, parent, kind, attributes)
 
-    def shutdown(self) -> None:
-        """Export what is buffered, then stop."""
-        if self._provider is not None:
-            self._provider.shutdown()
+    async def close(self, *, within: float) -> None:
+        """Export what is buffered, then stop, waiting at most `within` seconds (and saying so
+        in a log line when spans were lost).
+
+        The provider's shutdown blocks (the batch processor's flush, the OTLP exporter's
+        requests and retries, up to its own timeout): it runs in a thread, so that the event
+        loop goes on meanwhile. A flush still running after `within` is left to finish there.
+        """
+        provider = self._provider
+        if provider is None:
+            return
+        self._provider = None  # closed once; a late span goes to the closed provider: nowhere
+        try:
+            async with asyncio.timeout(within):
+                await asyncio.to_thread(provider.shutdown)
+        except TimeoutError:
+            log.warning(
+                "tracing: the spans still buffered were not exported within %g s; those not "
+                "exported yet are lost",
+                within,
+            )
 
 
 def extract(carrier: Mapping[str, str]) -> Context:
