@@ -25,7 +25,7 @@ from bus.events.compatibility import Policy, check_catalogs, load_baseline
 from bus.flows.build import build_flow
 from bus.flows.dlq import StoredLetter, mark_replayed, read_letter, read_letters, replay
 from bus.flows.loading import load_flow_files
-from bus.flows.model import FlowSet
+from bus.flows.model import FlowSet, default_dlq
 from bus.flows.runtime import run_flows, select
 from bus.flows.validation import flow_file_json_schema
 from bus.local_kafka import local_kafka_from
@@ -259,7 +259,7 @@ def _dlq_topic(flow: str, topic: str | None, files: Sequence[Path]) -> str:
                 f"{', '.join(sorted(named)) or 'none'}"
             )
         return named[flow]
-    return f"{flow}.dlq"
+    return default_dlq(flow)
 
 
 DlqTopic = click.option("--topic", help="The dead-letter topic [default: FLOW.dlq].")

@@ -11,7 +11,6 @@ import hashlib
 import json
 import logging
 import math
-import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -19,11 +18,10 @@ from typing import Any
 from aiohttp import web
 
 from bus.auth.hmac_signature import VerifiedSignature
-from bus.auth.jwt_bearer import KeySetUnavailableError
 from bus.auth.settings import RequestAuthenticator
-from bus.errors import AuthenticationError, AuthorizationError
 from bus.events.catalog import SchemaCatalog
 from bus.events.event import Event
+from bus.http.authentication import authenticate
 from bus.http.problem import FieldProblem, Problem
 from bus.inbound import idempotency
 from bus.inbound.body import read_body
@@ -65,24 +63,9 @@ class Endpoint:
         raw = await read_body(request, self.max_body)
         if self.authenticator is None:
             return raw, None
-        headers = dict(request.headers)
-        try:
-            principal = await self.authenticator.authenticate(
-                headers, body=raw, query=dict(request.query), now=time.time()
-            )
-        except AuthenticationError as refused:
-            challenge = {"WWW-Authenticate": refused.challenge} if refused.challenge else {}
-            raise Problem(
-                401, "unauthenticated", "Authentication failed", refused.reason, headers=challenge
-            ) from None
-        except AuthorizationError as refused:
-            raise Problem(403, "forbidden", "Not allowed", refused.reason) from None
-        except KeySetUnavailableError as unavailable:
-            log.warning("%s: cannot verify tokens: %s", self.name, unavailable)
-            raise _unavailable(
-                "the keys that verify tokens cannot be fetched right now",
-                retry_after=unavailable.retry_after,
-            ) from None
+        principal = await authenticate(
+            self.authenticator, request, raw, who=self.name, unavailable=_unavailable
+        )
         return raw, principal
 
     def event_id(self, request: web.Request, principal: object, raw: bytes) -> str:

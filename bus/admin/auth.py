@@ -3,9 +3,7 @@ endpoint (bus.auth.settings), applied to every route, /healthz and /metrics incl
 them, only callers on this machine (bus.admin.auth_settings).
 """
 
-import logging
 import math
-import time
 
 import aiohttp
 from aiohttp import web
@@ -13,14 +11,13 @@ from aiohttp.typedefs import Handler, Middleware
 
 from bus.admin.auth_settings import auth_problems
 from bus.admin.problems import RETRY_AFTER_S
-from bus.auth.jwt_bearer import KeySetUnavailableError
 from bus.auth.settings import InboundAuth, RequestAuthenticator, inbound_authenticator
-from bus.errors import AuthenticationError, AuthorizationError, ConfigError
+from bus.errors import ConfigError
 from bus.flows.model import AdminSettings, format_path
+from bus.http.authentication import authenticate
 from bus.http.problem import Problem
 from bus.inbound.body import read_body
 
-log = logging.getLogger(__name__)
 MAX_BODY = 64 * 1024  # no admin route takes a body; an HMAC scheme still signs what comes
 
 
@@ -45,30 +42,20 @@ def require_authentication(authenticator: RequestAuthenticator) -> Middleware:
     """A middleware refusing every request that `authenticator` does not accept."""
 
     @web.middleware
-    async def authenticate(request: web.Request, handler: Handler) -> web.StreamResponse:
+    async def authenticated(request: web.Request, handler: Handler) -> web.StreamResponse:
         raw = await read_body(request, MAX_BODY)
-        try:
-            await authenticator.authenticate(
-                request.headers, body=raw, query=dict(request.query), now=time.time()
-            )
-        except AuthenticationError as refused:
-            challenge = {"WWW-Authenticate": refused.challenge} if refused.challenge else {}
-            raise Problem(
-                401, "unauthenticated", "Authentication failed", refused.reason, headers=challenge
-            ) from None
-        except AuthorizationError as refused:
-            raise Problem(403, "forbidden", "Not allowed", refused.reason) from None
-        except KeySetUnavailableError as unavailable:
-            log.warning("admin API: cannot verify tokens: %s", unavailable)
-            after = unavailable.retry_after
-            wait = RETRY_AFTER_S if after is None else max(1, math.ceil(after))
-            raise Problem(
-                503,
-                "unavailable",
-                "Service unavailable",
-                f"{unavailable.reason}; the admin API checks every call",
-                headers={"Retry-After": str(wait)},
-            ) from None
+        await authenticate(authenticator, request, raw, who="admin API", unavailable=_unavailable)
         return await handler(request)
 
-    return authenticate
+    return authenticated
+
+
+def _unavailable(detail: str, retry_after: float | None) -> Problem:
+    wait = RETRY_AFTER_S if retry_after is None else max(1, math.ceil(retry_after))
+    return Problem(
+        503,
+        "unavailable",
+        "Service unavailable",
+        f"{detail}; the admin API checks every call",
+        headers={"Retry-After": str(wait)},
+    )

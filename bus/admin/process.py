@@ -8,7 +8,7 @@ import aiohttp
 
 from bus.admin.server import AdminServer
 from bus.flows.dlq import StoredLetter, replay
-from bus.flows.model import FlowSet
+from bus.flows.model import FlowSet, default_dlq
 from bus.telemetry.hub import Telemetry
 from bus.telemetry.journeys import read_journey
 
@@ -48,7 +48,7 @@ def admin_server_for(
 
 def dead_letter_topics(flows: FlowSet) -> dict[str, str]:
     """Every item's dead-letter topic, by item name."""
-    topics = {item.name: f"{item.name}.dlq" for item in flows.inbound}
+    topics = {item.name: default_dlq(item.name) for item in flows.inbound}
     topics |= {item.name: item.dlq for item in flows.mediation}
     topics |= {item.name: item.dlq for item in flows.outbound}
     return topics

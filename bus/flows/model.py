@@ -553,8 +553,13 @@ class InboundEvent(Block):
     )
 
 
+def default_dlq(item: str) -> str:
+    """The dead-letter topic of an item that names none: `<item name>.dlq`."""
+    return f"{item}.dlq"
+
+
 def _default_dlq(data: dict[str, Any]) -> str:
-    return f"{data.get('name', 'flow')}.dlq"
+    return default_dlq(str(data.get("name", "flow")))
 
 
 class Inbound(AdapterBlock):

@@ -26,7 +26,15 @@ from bus.events.catalog import SchemaCatalog
 from bus.events.codec import EventCodec
 from bus.events.registry import SchemaRegistryClient
 from bus.flows.build import BuiltFlow, build_flow, output_topics
-from bus.flows.model import FlowSet, HttpSettings, Inbound, LookupItem, Mediation, Outbound
+from bus.flows.model import (
+    FlowSet,
+    HttpSettings,
+    Inbound,
+    LookupItem,
+    Mediation,
+    Outbound,
+    default_dlq,
+)
 from bus.flows.runner import BatchTooSlowError, FlowRunner
 from bus.flows.steps.enrich import Lookup
 from bus.flows.topics import ensure_topics
@@ -70,7 +78,7 @@ def needed_topics(flows: FlowSet, chosen: set[str]) -> set[str]:
             topics |= output_topics(flow) | set(flow.from_)
     for inbound in flows.inbound:
         if inbound.name in chosen:
-            topics |= {inbound.topic, f"{inbound.name}.dlq"}
+            topics |= {inbound.topic, default_dlq(inbound.name)}
     for outbound in flows.outbound:
         if outbound.name in chosen:
             topics |= {*outbound.from_, outbound.dlq}
@@ -291,7 +299,7 @@ def _unsupervised_items(flows: FlowSet, chosen: set[str], telemetry: Telemetry) 
     """The items no supervisor runs (inbound endpoints and pollers, lookups): on the board as
     running from when the inbound server opens until the run ends."""
     inbound = [
-        _item(telemetry, item.name, "inbound", f"{item.name}.dlq")
+        _item(telemetry, item.name, "inbound", default_dlq(item.name))
         for item in flows.inbound
         if item.name in chosen
     ]

@@ -45,7 +45,7 @@ from bus.events.codec import EventCodec, KafkaRecord
 from bus.events.event import Event
 from bus.flows.dead_letters import DeadLetter, InputRecord, now
 from bus.flows.expressions import Expression, ExpressionError
-from bus.flows.model import InboundEvent
+from bus.flows.model import InboundEvent, default_dlq
 from bus.inbound.mapping import InboundMapping, MappingError
 from bus.polling.cursor_store import DEFAULT_REMEMBER, CursorState, CursorStore, SeenItems
 from bus.resilience.retry import RetryPolicy
@@ -229,7 +229,7 @@ class Poller:
         self.bootstrap_servers = bootstrap_servers
         self.topic = topic
         self.every = every
-        self.dlq = dlq or f"{name}.dlq"
+        self.dlq = dlq or default_dlq(name)
         self.origin = origin
         self.source = source or f"/inbound/{name}"
         self.identity = identity

@@ -16,6 +16,7 @@ from typing import Any
 
 import click
 
+from bus.flows.model import default_dlq
 from bus.telemetry.journey_tree import Journey, JourneyHop, Output
 
 _GOOD = frozenset({"accepted", "processed", "delivered", "replayed"})
@@ -118,7 +119,7 @@ def _replay_command(hop: JourneyHop) -> str:
         return f"the letter's position was not recorded; find it with `bus dlq list {hop.flow}`"
     command = ["bus", "dlq", "replay", hop.flow, "--partition", str(letter["partition"])]
     command += ["--offset", str(letter["offset"])]
-    if letter.get("topic") != f"{hop.flow}.dlq":  # `bus dlq` assumes <flow>.dlq otherwise
+    if letter.get("topic") != default_dlq(hop.flow):  # `bus dlq` assumes <flow>.dlq otherwise
         command += ["--topic", str(letter.get("topic"))]
     return shlex.join(command)
 

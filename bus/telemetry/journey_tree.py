@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from bus.flows.model import default_dlq
+
 Output = dict[str, Any]
 
 
@@ -78,7 +80,7 @@ class JourneyHop:
         if self.outcome != "dead-lettered" or not self.record["outputs"]:
             return None
         outputs: list[Output] = self.record["outputs"]
-        own = f"{self.flow}.dlq"
+        own = default_dlq(self.flow)
         return next((output for output in outputs if output.get("topic") == own), outputs[-1])
 
     def descends_from(self, other: "JourneyHop") -> bool:
