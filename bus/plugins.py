@@ -13,13 +13,15 @@ file and line), and at run time gets one `AdapterRuntime` per process, to which 
 hands every item of that adapter. Everything around an outbound call (retries, breaker, rate
 limit, order, dead letters, replies) is the delivery runner's, so an adapter only implements
 `Delivery.call`; an inbound adapter serves aiohttp routes on the shared inbound server, or runs
-background work (polling) in `run`, and stores events through `AdapterContext.ingest`.
+background work (polling) in `run`, and stores events through `AdapterContext.ingest` (or,
+when it writes to Kafka itself, records its hops and its items' state in
+`AdapterContext.telemetry`).
 """
 
 import asyncio
 import functools
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib.metadata import entry_points
 from typing import Protocol
 
@@ -34,6 +36,7 @@ from bus.flows.expressions import ExpressionError, compile_expression
 from bus.flows.model import FlowSet, Inbound, KeyPath, LookupItem, Outbound
 from bus.flows.steps.enrich import Lookup
 from bus.inbound.ingest import Ingest
+from bus.telemetry.hub import Telemetry
 
 ENTRY_POINT_GROUP = "bus.adapters"
 
@@ -52,6 +55,10 @@ class AdapterContext:
     session: aiohttp.ClientSession
     """The process's one HTTP client session: its connection pool is shared by all adapters."""
     bootstrap_servers: str
+    telemetry: Telemetry = field(default_factory=Telemetry.disabled)
+    """The process's spans, journeys, metrics and status board: for the hops of what an
+    adapter runs itself (a poller's); what goes through `ingest` is recorded there. A default,
+    so that code made before it existed still builds a context."""
 
 
 class AdapterRuntime(Protocol):

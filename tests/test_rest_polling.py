@@ -27,6 +27,7 @@ from aiohttp import web
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from pydantic import ValidationError
 
 from adapters.rest.polling import PollingClient, RestPoll, poll_settings, rest_poller
@@ -34,13 +35,21 @@ from bus.events.catalog import SchemaCatalog
 from bus.events.codec import EventCodec
 from bus.events.event import Event
 from bus.flows.dead_letters import DeadLetter
+from bus.flows.loading import load_flow_files
 from bus.flows.model import Inbound
+from bus.flows.runtime import run_flows
+from bus.flows.validation import validate_flows
 from bus.polling import CursorStore, Poller, PollerFencedError, PollFailedError
 from bus.polling.cursor_store import DEFAULT_TOPIC
 from bus.polling.poller import POLL_NAMESPACE, canonical_json
 from bus.resilience.retry import RetryPolicy
+from bus.telemetry.hop import Output
+from bus.telemetry.hub import Telemetry
+from bus.telemetry.status import ItemState, StatusBoard
+from bus.telemetry.tracing import Tracing
 from tests.conftest import ROOT
-from tests.flow_harness import decode, read_records, running_flows, write_flow
+from tests.flow_harness import decode, headers_of, read_records, running_flows, write_flow
+from tests.test_tracing_on_kafka import RecordedMetrics, samples
 
 CATALOG = SchemaCatalog.load(ROOT / "schemas")
 FAST = RetryPolicy(initial=0.05, max_delay=0.2, multiplier=2.0, jitter=0.0)
@@ -711,24 +720,21 @@ async def test_a_server_that_is_down_is_a_poll_failure_that_names_it(
 # -- through the flow file and bus run ----------------------------------------------------------
 
 
-async def test_a_poll_item_in_a_flow_file_runs_with_bus_run_and_its_credentials(
-    bootstrap_servers: str, tmp_path: Path, name: str
-) -> None:
-    api = Api(items=[ticket(1), ticket(2)])
-    topic = f"{name}.tickets"
-    async with serving(api) as base:
-        flow = write_flow(
-            tmp_path,
-            f"""
+def poll_flow(folder: Path, name: str, url: str, topic: str, auth: str | None = None) -> Path:
+    """A flow file with one poll item, `name`, polling `url` (a since cursor) every 100ms, with
+    the `auth` settings given (YAML), if any."""
+    auth_setting = f"\n        auth: {auth}" if auth else ""
+    return write_flow(
+        folder,
+        f"""
 inbound:
   - name: {name}
     rest:
       poll:
-        url: {base}/since
+        url: {url}
         every: 100ms
         items: response.body.tickets
-        cursor: {{kind: since, param: updated_since, next: item.updated_at}}
-        auth: {{bearer: {{token: poll-token-1f2e}}}}
+        cursor: {{kind: since, param: updated_since, next: item.updated_at}}{auth_setting}
     event:
       type: com.acme.crm.CustomerChanged
       key: item.id
@@ -740,9 +746,114 @@ inbound:
         changedAt: item.updated_at
     topic: {topic}
 """,
+    )
+
+
+@contextlib.asynccontextmanager
+async def bus_run(path: Path, bootstrap_servers: str, telemetry: Telemetry) -> AsyncIterator[None]:
+    """`run_flows` of `path` with `telemetry` while inside; leaving stops it and waits."""
+    flows = load_flow_files([path])
+    assert validate_flows(flows, CATALOG) == []
+    stop = asyncio.Event()
+    task = asyncio.create_task(
+        run_flows(
+            flows, CATALOG, bootstrap_servers=bootstrap_servers, stop=stop, telemetry=telemetry
+        )
+    )
+    try:
+        yield
+    finally:
+        stop.set()
+        assert await asyncio.wait_for(task, 60) == []
+
+
+async def test_a_poll_item_in_a_flow_file_runs_with_bus_run_and_its_credentials(
+    bootstrap_servers: str, tmp_path: Path, name: str
+) -> None:
+    api = Api(items=[ticket(1), ticket(2)])
+    topic = f"{name}.tickets"
+    async with serving(api) as base:
+        flow = poll_flow(
+            tmp_path, name, f"{base}/since", topic, auth="{bearer: {token: poll-token-1f2e}}"
         )
         async with running_flows(flow, bootstrap_servers):
             events = await decode(await read_records(bootstrap_servers, topic, 2))
     assert sorted(event.data["customerId"] for event in events) == ["t-1", "t-2"]
     assert {event.key for event in events} == {"t-1", "t-2"}
     assert all(r.headers.get("Authorization") == "Bearer poll-token-1f2e" for r in api.requests)
+
+
+async def test_each_polled_event_is_an_inbound_hop_with_its_offset_and_is_counted(
+    bootstrap_servers: str, tmp_path: Path, name: str
+) -> None:
+    no_email = {"id": "t-2", "name": "No Email", "updated_at": "2026-01-01T00:00:02Z"}
+    api = Api(items=[ticket(1), no_email, ticket(3)])
+    topic, dlq = f"{name}.tickets", f"{name}.dlq"
+    board = StatusBoard()
+    metrics = RecordedMetrics(board)
+    telemetry = Telemetry(Tracing.exporting(InMemorySpanExporter()), None, metrics, board)
+    async with serving(api) as base:
+        flow = poll_flow(tmp_path, name, f"{base}/since", topic)
+        async with bus_run(flow, bootstrap_servers, telemetry):
+            records = await read_records(bootstrap_servers, topic, 2)
+            [letter] = await read_records(bootstrap_servers, dlq, 1)
+    await telemetry.close()
+    hops = [hop for hop in metrics.hops if hop.flow == name]
+    assert len(hops) == 3, hops  # items polled again are skipped: no hop
+    assert {hop.kind for hop in hops} == {"inbound"}
+    accepted = {hop.event_id: hop for hop in hops if hop.outcome == "accepted"}
+    assert set(accepted) == {expected_id(name, ticket(1)), expected_id(name, ticket(3))}
+    for record, event in zip(records, await decode(records), strict=True):
+        hop = accepted[event.id]
+        assert (hop.topic, hop.partition, hop.offset) == (topic, record.partition, record.offset)
+        # The record carries its hop's span: the journey's trace starts at the poll.
+        traceparent = headers_of(record)["traceparent"]
+        assert traceparent.startswith(f"00-{hop.trace_id}-{hop.span_id}-")
+    [dead] = [hop for hop in hops if hop.outcome == "dead-lettered"]
+    assert dead.event_id == expected_id(name, no_email)
+    assert dead.step == "event.map.email"
+    assert dead.error is not None
+    assert "email" in dead.error
+    assert dead.outputs == [Output(dead.event_id, dlq, letter.partition, letter.offset)]
+
+    item = (("flow", name), ("kind", "inbound"))
+    assert samples(metrics, "bus_events_in_total")[item] == 3
+    assert samples(metrics, "bus_events_out_total")[item] == 2
+    assert (
+        samples(metrics, "bus_events_dead_lettered_total")[(*item, ("step", "event.map.email"))]
+        == 1
+    )
+    status = board.get(name)
+    assert status is not None
+    assert (status.kind, status.state) == ("poller", ItemState.STOPPED)
+    assert status.counters.as_dict() == {
+        "in": 3, "out": 2, "failed": 1, "dead_lettered": 1, "retried": 0
+    }  # fmt: skip
+    assert status.dead_letter_topic == dlq
+
+
+async def test_a_failing_source_shows_its_poller_restarting_with_the_error_until_it_recovers(
+    bootstrap_servers: str, tmp_path: Path, name: str
+) -> None:
+    api = Api(items=[ticket(1)], faults=["500"] * 1000)  # until the test clears them
+    topic = f"{name}.tickets"
+    board = StatusBoard()
+    metrics = RecordedMetrics(board)
+    telemetry = Telemetry(Tracing.disabled(), None, metrics, board)
+    async with serving(api) as base:
+        flow = poll_flow(tmp_path, name, f"{base}/since", topic)
+        async with bus_run(flow, bootstrap_servers, telemetry):
+            await until(lambda: board.get(name) is not None, what="the poller on the board")
+            status = board.get(name)
+            assert status is not None
+            await until(lambda: status.state is ItemState.RESTARTING, what="restarting")
+            assert status.kind == "poller"
+            assert status.last_error is not None
+            assert f"GET {base}/since answered HTTP 500 Internal Server Error" in status.last_error
+            assert status.restarts >= 1
+            api.faults.clear()
+            await until(lambda: status.state is ItemState.RUNNING, what="running again")
+            [record] = await read_records(bootstrap_servers, topic, 1)
+        assert status.state is ItemState.STOPPED
+    [hop] = [hop for hop in metrics.hops if hop.flow == name]
+    assert (hop.outcome, hop.offset) == ("accepted", record.offset)

@@ -169,6 +169,7 @@ class RestRuntime:
                 codec=context.codec,
                 bootstrap_servers=context.bootstrap_servers,
                 auth=auth,
+                telemetry=context.telemetry,
             )
             self._pollers.append(poller)
             return

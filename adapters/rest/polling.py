@@ -86,6 +86,7 @@ from bus.polling.poller import (
     json_type,
 )
 from bus.resilience.retry import RetryPolicy
+from bus.telemetry.hub import Telemetry
 
 log = logging.getLogger(__name__)
 
@@ -604,8 +605,10 @@ def rest_poller(
     store: CursorStore | None = None,
     backoff: RetryPolicy | None = None,
     before_commit: Callable[[], Awaitable[None]] | None = None,
+    telemetry: Telemetry | None = None,
 ) -> Poller:
-    """The poller of a rest inbound item with `poll:` settings; `await poller.run(stop)`."""
+    """The poller of a rest inbound item with `poll:` settings; `await poller.run(stop)`.
+    `telemetry` gets its hops and its item's state (default: a board and metrics of its own)."""
     client = PollingClient(session, poll, auth=auth)
     identity = None if poll.identity is None else compile_expression(poll.identity, ITEM_VARIABLES)
     return Poller(
@@ -622,4 +625,5 @@ def rest_poller(
         remember=poll.remember,
         backoff=backoff,
         before_commit=before_commit,
+        telemetry=telemetry,
     )

@@ -156,13 +156,15 @@ async def _run(
     )
     runtimes: dict[str, AdapterRuntime] = {}
     server: InboundServer | None = None
-    unsupervised = _unsupervised_items(flows, chosen, telemetry)
+    unsupervised: list[ItemStatus] = []
     admin = admin_server_for(flows, telemetry, bootstrap_servers=bootstrap_servers, session=session)
     try:
         if admin is not None:  # first: /healthz and /readyz answer while the items start
             await admin.start()
             log.info("admin API listening on %s", admin.url)
-        context = AdapterContext(flows, catalog, codec, ingest, session, bootstrap_servers)
+        context = AdapterContext(
+            flows, catalog, codec, ingest, session, bootstrap_servers, telemetry=telemetry
+        )
         lookups: dict[str, Lookup] = {
             item.name: _guarded(
                 item,
@@ -180,6 +182,7 @@ async def _run(
             (flow.plan.name, _supervise(flow, bootstrap_servers, stop, telemetry)) for flow in built
         ]
         work += _add_adapter_items(flows, chosen, context, runtimes, stop=stop, telemetry=telemetry)
+        unsupervised = _unsupervised_items(flows, chosen, telemetry)  # adapters put theirs first
         routes = [route for runtime in runtimes.values() for route in runtime.routes()]
         work += [(f"{name} adapter", runtime.run(stop)) for name, runtime in runtimes.items()]
         tasks = [asyncio.create_task(coroutine) for _, coroutine in work]
@@ -296,14 +299,18 @@ def _item(
 
 
 def _unsupervised_items(flows: FlowSet, chosen: set[str], telemetry: Telemetry) -> list[ItemStatus]:
-    """The items no supervisor runs (inbound endpoints and pollers, lookups): on the board as
-    running from when the inbound server opens until the run ends."""
+    """The items no supervisor runs and that say nothing of their state (inbound endpoints,
+    lookups): on the board as running from when the inbound server opens until the run ends.
+    An item its adapter runs itself (a poller) is on the board under a kind of its own, put
+    there when it was added, and its runner says its state."""
     inbound = [
         _item(telemetry, item.name, "inbound", default_dlq(item.name))
         for item in flows.inbound
         if item.name in chosen
     ]
-    return inbound + [telemetry.board.item(item.name, "lookup") for item in flows.lookups]
+    return [status for status in inbound if status.kind == "inbound"] + [
+        telemetry.board.item(item.name, "lookup") for item in flows.lookups
+    ]
 
 
 def _enter(statuses: Sequence[ItemStatus], state: ItemState) -> None:

@@ -24,6 +24,13 @@ boundary, or a whole collection returned again after its ETag changed.
 Failures of the fetch (`PollFailedError`: no connection, a timeout, 5xx, 429) are logged and the
 poll is tried again after a backoff (`RetryPolicy.delay`, the server's Retry-After first); they
 never stop the poller. Kafka failures restart it from its committed cursor, after a backoff.
+
+Each item written (an event, or a dead letter) is an `inbound` hop of the poller's item
+(`bus.telemetry.hub`), its event's record carrying the hop's trace context; the hops end when the
+page's transaction is decided: accepted (or dead-lettered) with where the record landed once it
+commits, failed if it does not. The poller's item on the status board (kind `poller`) is running
+while it polls, restarting while it waits to poll (or start) again after a failure, and stopped
+once it returns.
 """
 
 import asyncio
@@ -33,11 +40,12 @@ import json
 import logging
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import ProducerFenced
+from aiokafka.structs import RecordMetadata
 
 from bus.errors import BusError, EventValidationError
 from bus.events.catalog import SchemaCatalog
@@ -49,6 +57,9 @@ from bus.flows.model import InboundEvent, default_dlq
 from bus.inbound.mapping import InboundMapping, MappingError
 from bus.polling.cursor_store import DEFAULT_REMEMBER, CursorState, CursorStore, SeenItems
 from bus.resilience.retry import RetryPolicy
+from bus.telemetry.hop import Output
+from bus.telemetry.hub import HopScope, Telemetry
+from bus.telemetry.status import ItemState
 
 log = logging.getLogger(__name__)
 
@@ -175,14 +186,42 @@ def canonical_json(value: Any) -> bytes:
     ).encode()
 
 
+@dataclass(frozen=True, slots=True)
+class _Write:
+    """A record a page writes, and the hop of the item it is for."""
+
+    topic: str
+    record: KafkaRecord
+    scope: HopScope
+
+    def landed(self, sent: RecordMetadata) -> None:
+        """The page committed: the hop ends saying where its record landed (a dead letter is
+        the hop's output, where journeys look for it)."""
+        scope = self.scope
+        hop = scope.hop
+        if hop.outcome == "dead-lettered":
+            hop.outputs.append(Output(hop.event_id, self.topic, sent.partition, sent.offset))
+        else:
+            hop.topic, hop.partition, hop.offset = self.topic, sent.partition, sent.offset
+            hop.outcome = "accepted"
+            scope.set("messaging.destination.partition.id", str(sent.partition))
+            scope.set("messaging.kafka.offset", sent.offset)
+        scope.end()
+
+
 @dataclass
 class _Outputs:
     """What one page writes, and what it counts once committed."""
 
-    records: list[tuple[str, KafkaRecord]]
+    writes: list[_Write] = field(default_factory=list)
     published: int = 0
     dead_lettered: int = 0
     skipped: int = 0
+
+    def failed(self, error: BaseException) -> None:
+        """The page was not committed: its hops end as failed (a later poll redoes them)."""
+        for write in self.writes:
+            write.scope.end(error)
 
 
 class Poller:
@@ -219,6 +258,7 @@ class Poller:
         remember: int = DEFAULT_REMEMBER,
         backoff: RetryPolicy | None = None,
         before_commit: Callable[[], Awaitable[None]] | None = None,
+        telemetry: Telemetry | None = None,
     ) -> None:
         if every <= 0:
             raise ValueError(f"every must be positive, not {every}")
@@ -239,6 +279,9 @@ class Poller:
             initial=every, max_delay=max(every, 300.0), multiplier=2.0, jitter=0.2
         )
         self._before_commit = before_commit
+        self.telemetry = telemetry or Telemetry.disabled()
+        self.status = self.telemetry.board.item(name, "poller")
+        self.status.dead_letter_topic = self.dlq
         self.started = asyncio.Event()
         """Set once the producer has fenced any older poller of this name and the cursor is
         loaded; cleared when the poller stops."""
@@ -261,28 +304,33 @@ class Poller:
         cursor after a backoff; `PollerFencedError` (another poller took over) is raised."""
         loop = asyncio.get_running_loop()
         restarts = 0
-        while not stop.is_set():
-            began = loop.time()
-            try:
-                await self._session(stop)
-                return
-            except PollerFencedError:
-                log.error(
-                    "poller %s: another poller with the same name (transactional id %s) took "
-                    "over; this one stops without committing its page in hand",
-                    self.name,
-                    self.transactional_id,
-                )
-                raise
-            except Exception:
-                restarts = 1 if loop.time() - began > HEALTHY_AFTER_S else restarts + 1
-                wait = self.backoff.delay(restarts)
-                log.exception(
-                    "poller %s failed; restarting from its committed cursor in %.1f s",
-                    self.name,
-                    wait,
-                )
-            await _sleep_unless(stop, wait)
+        try:
+            while not stop.is_set():
+                began = loop.time()
+                try:
+                    await self._session(stop)
+                    return
+                except PollerFencedError as fenced:
+                    log.error(
+                        "poller %s: another poller with the same name (transactional id %s) "
+                        "took over; this one stops without committing its page in hand",
+                        self.name,
+                        self.transactional_id,
+                    )
+                    self.status.enter(ItemState.STOPPED, fenced)
+                    raise
+                except Exception as error:
+                    restarts = 1 if loop.time() - began > HEALTHY_AFTER_S else restarts + 1
+                    wait = self.backoff.delay(restarts)
+                    self.status.enter(ItemState.RESTARTING, error)
+                    log.exception(
+                        "poller %s failed; restarting from its committed cursor in %.1f s",
+                        self.name,
+                        wait,
+                    )
+                await _sleep_unless(stop, wait)
+        finally:
+            self.status.enter(ItemState.STOPPED)
 
     async def _session(self, stop: asyncio.Event) -> None:
         loop = asyncio.get_running_loop()
@@ -303,6 +351,7 @@ class Poller:
             self._committed = state or CursorState(seen=SeenItems(self.remember))
             self.position = self._committed.position
             self.started.set()
+            self.status.enter(ItemState.RUNNING)
             log.info(
                 "poller %s: started at position %r, %d items remembered",
                 self.name,
@@ -318,6 +367,7 @@ class Poller:
                     failures += 1
                     self.failed_polls += 1
                     wait = self.backoff.delay(failures, failed.retry_after)
+                    self.status.enter(ItemState.RESTARTING, failed)
                     log.warning(
                         "poller %s: %s; polling again in %.1f s (%d failed polls in a row)",
                         self.name,
@@ -327,6 +377,7 @@ class Poller:
                     )
                 else:
                     if failures:
+                        self.status.enter(ItemState.RUNNING)
                         log.info(
                             "poller %s: polling works again after %d failed polls",
                             self.name,
@@ -357,33 +408,52 @@ class Poller:
         self, producer: AIOKafkaProducer, page: Page, state: CursorState
     ) -> CursorState:
         seen = state.seen.copy()
-        outputs = _Outputs(records=[])
-        for item in page.items:
-            await self._item(item, seen, outputs)
-        for rejected in page.rejected:
-            self._dead_letter_once(
-                rejected.payload,
-                rejected.step,
-                rejected.error_type,
-                rejected.error,
-                seen=seen,
-                outputs=outputs,
-            )
-        new_state = CursorState(position=page.position, seen=seen)
-        if not outputs.records and page.position == state.position:
-            self.skipped += outputs.skipped
-            return new_state  # nothing new: no transaction
-        key, value = self.store.record(self.name, new_state)
+        outputs = _Outputs()
+        try:
+            for item in page.items:
+                await self._item(item, seen, outputs)
+            for rejected in page.rejected:
+                self._dead_letter_once(
+                    rejected.payload,
+                    rejected.step,
+                    rejected.error_type,
+                    rejected.error,
+                    seen=seen,
+                    outputs=outputs,
+                )
+            new_state = CursorState(position=page.position, seen=seen)
+            if not outputs.writes and page.position == state.position:
+                self.skipped += outputs.skipped
+                return new_state  # nothing new: no transaction
+            landed = await self._commit(producer, outputs.writes, new_state)
+        except BaseException as error:
+            outputs.failed(error)
+            raise
+        for write, sent in zip(outputs.writes, landed, strict=True):
+            write.landed(sent)
+        self.published += outputs.published
+        self.dead_lettered += outputs.dead_lettered
+        self.skipped += outputs.skipped
+        return new_state
+
+    async def _commit(
+        self, producer: AIOKafkaProducer, writes: Sequence[_Write], state: CursorState
+    ) -> list[RecordMetadata]:
+        """Write `writes` and the cursor `state` in one transaction; where each write landed."""
+        key, value = self.store.record(self.name, state)
         try:
             async with producer.transaction():
-                sent = [
+                sending = [
                     await producer.send(
-                        topic, record.value, key=record.key, headers=[*record.headers]
+                        write.topic,
+                        write.record.value,
+                        key=write.record.key,
+                        headers=[*write.record.headers],
                     )
-                    for topic, record in outputs.records
+                    for write in writes
                 ]
-                sent.append(await producer.send(self.store.topic, value, key=key))
-                await asyncio.gather(*sent)
+                sending.append(await producer.send(self.store.topic, value, key=key))
+                landed: list[RecordMetadata] = await asyncio.gather(*sending)
                 if self._before_commit is not None:
                     await self._before_commit()
         except ProducerFenced as fenced:
@@ -391,10 +461,7 @@ class Poller:
                 f"poller {self.name}: fenced by a newer producer with transactional id "
                 f"{self.transactional_id} (another poller of the same name started)"
             ) from fenced
-        self.published += outputs.published
-        self.dead_lettered += outputs.dead_lettered
-        self.skipped += outputs.skipped
-        return new_state
+        return landed[:-1]  # the last is the cursor's, no item's
 
     async def _item(self, item: Any, seen: SeenItems, outputs: _Outputs) -> None:
         content = canonical_json(item)
@@ -412,25 +479,30 @@ class Poller:
             outputs.skipped += 1
             return
         seen.add(digest)
-        try:
-            event = self.mapper.event(
-                self.codec.catalog, item, event_id=event_id, source=self.source
-            )
-            record = await self.codec.encode(event)
-        except ItemError as error:
-            step, error_type, message = error.step, error.error_type, str(error)
-        except EventValidationError as invalid:
-            step, error_type, message = "output", type(invalid).__name__, str(invalid)
-        else:
-            outputs.records.append((self.topic, record))
-            outputs.published += 1
-            return
-        log.warning("poller %s: an item dead-lettered at %s: %s", self.name, step, message)
-        key = self.mapper.key_of(item)
-        outputs.records.append(
-            (self.dlq, self._dead_letter(content, step, error_type, message, key=key))
-        )
-        outputs.dead_lettered += 1
+        scope = self._hop(event_id)
+        with scope.active():  # an error escaping ends the hop as failed
+            try:
+                event = self.mapper.event(
+                    self.codec.catalog, item, event_id=event_id, source=self.source
+                )
+                scope.event(event)
+                record = await self.codec.encode(event, scope.carrier())
+            except ItemError as error:
+                step, error_type, message = error.step, error.error_type, str(error)
+            except EventValidationError as invalid:
+                step, error_type, message = "output", type(invalid).__name__, str(invalid)
+            else:
+                outputs.writes.append(_Write(self.topic, record, scope))
+                outputs.published += 1
+                return
+            key = self.mapper.key_of(item)
+            self._dead_letter(scope, content, step, error_type, message, outputs=outputs, key=key)
+
+    def _hop(self, event_id: str | None = None) -> HopScope:
+        """The hop of one item the page writes; `event_id` is the event it is (or would be)."""
+        scope = self.telemetry.producing("inbound", self.name, self.topic)
+        scope.hop.event_id = scope.hop.root_id = event_id
+        return scope
 
     def _identity(self, item: Any, content: bytes) -> str:
         if self.identity is None:
@@ -461,13 +533,24 @@ class Poller:
             outputs.skipped += 1
             return
         seen.add(digest)
-        log.warning("poller %s: dead-lettered at %s: %s", self.name, step, error)
-        outputs.records.append((self.dlq, self._dead_letter(payload, step, error_type, error)))
-        outputs.dead_lettered += 1
+        with self._hop().active() as scope:
+            self._dead_letter(scope, payload, step, error_type, error, outputs=outputs)
 
     def _dead_letter(
-        self, payload: bytes, step: str, error_type: str, error: str, *, key: str | None = None
-    ) -> KafkaRecord:
+        self,
+        scope: HopScope,
+        payload: bytes,
+        step: str,
+        error_type: str,
+        error: str,
+        *,
+        outputs: _Outputs,
+        key: str | None = None,
+    ) -> None:
+        """Write `payload` to the DLQ as the hop of `scope`, which ends with the page."""
+        log.warning("poller %s: dead-lettered at %s: %s", self.name, step, error)
+        hop = scope.hop
+        hop.outcome, hop.step, hop.error = "dead-lettered", step, f"{error_type}: {error}"
         # Nothing was consumed from Kafka: `topic` says where the payload came from (the
         # polled URL without its query), partition and offset are -1.
         letter = DeadLetter(
@@ -489,7 +572,8 @@ class Poller:
             value=payload,
             headers=[("content-type", b"application/json")],
         )
-        return letter.to_record(original)
+        outputs.writes.append(_Write(self.dlq, letter.to_record(original), scope))
+        outputs.dead_lettered += 1
 
 
 async def _next_unless(pages: AsyncIterator[Page], stop: asyncio.Event) -> Page | None:
