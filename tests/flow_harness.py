@@ -23,6 +23,27 @@ ROOT = Path(__file__).resolve().parents[1]
 CATALOG = SchemaCatalog.load(ROOT / "schemas")
 
 
+def customer_webhook(name: str, topic: str) -> str:
+    """A flow file's `inbound:` section: a REST webhook at /hooks/customers whose JSON body
+    (id, email, name, address, at) becomes a CustomerChanged event on `topic`."""
+    return f"""
+inbound:
+  - name: {name}
+    rest: {{path: /hooks/customers}}
+    event:
+      type: com.acme.crm.CustomerChanged
+      key: body.id
+      map:
+        customerId: body.id
+        change: '"UPDATED"'
+        email: body.email
+        name: body.name
+        address: body.address
+        changedAt: body.at
+    topic: {topic}
+"""
+
+
 def write_flow(folder: Path, text: str) -> Path:
     path = folder / "flow.yaml"
     path.write_text(text)

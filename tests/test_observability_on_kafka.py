@@ -26,7 +26,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from bus.local_kafka import LocalKafka
 from tests.conftest import free_ports
-from tests.flow_harness import bus_run_process, write_flow
+from tests.flow_harness import bus_run_process, customer_webhook, write_flow
 
 ADMIN_KEY = "admin-key-5be1c7d2"
 ADMIN_HEADERS = {"X-Admin-Key": ADMIN_KEY}
@@ -93,20 +93,7 @@ observability:
     port: {self.admin_port}
     auth: {{api_key: {{header: X-Admin-Key, keys: ["${{ADMIN_KEY}}"]}}}}
 http: {{port: {self.http_port}}}
-inbound:
-  - name: {self.inbound}
-    rest: {{path: /hooks/customers}}
-    event:
-      type: com.acme.crm.CustomerChanged
-      key: body.id
-      map:
-        customerId: body.id
-        change: '"UPDATED"'
-        email: body.email
-        name: body.name
-        address: body.address
-        changedAt: body.at
-    topic: sre.changed.{run}
+{customer_webhook(self.inbound, f"sre.changed.{run}")}
 mediation:
   - name: {self.mediation}
     from: sre.changed.{run}

@@ -44,7 +44,7 @@ from bus.telemetry.secrets import MASK, Redactor, secrets_of
 from bus.telemetry.status import StatusBoard
 from bus.telemetry.tracing import Tracing
 from tests.conftest import free_port
-from tests.flow_harness import CATALOG, headers_of, read_records, write_flow
+from tests.flow_harness import CATALOG, customer_webhook, headers_of, read_records, write_flow
 from tests.rest_sink import CLIENT_ID, CLIENT_SECRET, RestSink
 
 CALLER_TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
@@ -89,20 +89,7 @@ class Journey:
             folder,
             f"""
 http: {{port: {self.port}}}
-inbound:
-  - name: {self.inbound}
-    rest: {{path: /hooks/customers}}
-    event:
-      type: com.acme.crm.CustomerChanged
-      key: body.id
-      map:
-        customerId: body.id
-        change: '"UPDATED"'
-        email: body.email
-        name: body.name
-        address: body.address
-        changedAt: body.at
-    topic: {self.changed}
+{customer_webhook(self.inbound, self.changed)}
 mediation:
   - name: {self.mediation}
     from: {self.changed}
