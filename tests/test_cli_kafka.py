@@ -173,7 +173,9 @@ def test_missing_maven_says_what_to_install(bus: Bus, tmp_path: Path) -> None:
     assert "KAFKA_BOOTSTRAP_SERVERS" in fetched.stderr
 
 
+# The mediation flow of the example alone: it needs no port and no external system.
 FLOWS = str(ROOT / "examples" / "flows" / "customers.yaml")
+MEDIATION_ONLY = ("--only", "customer-upserts")
 
 
 class RunningBus:
@@ -213,7 +215,7 @@ async def test_run_with_configured_cluster_never_starts_a_broker(
     bus_env: dict[str, str], bootstrap_servers: str, home: Path
 ) -> None:
     running = RunningBus({**bus_env, "KAFKA_BOOTSTRAP_SERVERS": bootstrap_servers})
-    await running.start(FLOWS)
+    await running.start(FLOWS, *MEDIATION_ONLY)
     await running.wait_for_line(f"running customer-upserts on Kafka {bootstrap_servers}")
     assert await running.stop() == 0
     assert "stopped: in-flight work finished and committed" in "".join(running.stderr)
@@ -223,10 +225,32 @@ async def test_run_with_configured_cluster_never_starts_a_broker(
 
 def test_run_with_unreachable_cluster_fails_clearly(bus: Bus, home: Path) -> None:
     nowhere = f"127.0.0.1:{free_port()}"
-    ran = bus("run", FLOWS, KAFKA_BOOTSTRAP_SERVERS=nowhere)
+    ran = bus("run", FLOWS, *MEDIATION_ONLY, KAFKA_BOOTSTRAP_SERVERS=nowhere)
     assert ran.returncode == 1
     assert f"Kafka at {nowhere} does not answer" in ran.stderr
     assert not (home / "kafka").exists()
+
+
+def test_run_with_its_http_port_taken_fails_clearly(
+    bus: Bus, bootstrap_servers: str, home: Path
+) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        ran = bus(
+            "run",
+            str(ROOT / "examples" / "rest" / "webhook-to-rest.yaml"),
+            KAFKA_BOOTSTRAP_SERVERS=bootstrap_servers,
+            BUS_HTTP_PORT=str(port),
+            CRM_WEBHOOK_SECRET="s",
+            BILLING_URL="http://127.0.0.1:9",
+            BILLING_CLIENT_SECRET="s",
+        )
+    assert ran.returncode == 1
+    assert f"http: cannot listen on 127.0.0.1:{port} (address already in use)" in ran.stderr
+    assert "set http.port in the flow files" in ran.stderr
+    assert "Traceback" not in ran.stderr
 
 
 def test_run_needs_flow_files(bus: Bus) -> None:
@@ -242,7 +266,7 @@ async def test_run_without_cluster_starts_the_local_broker(
     # Two runs at once on one data directory: one starts the broker, the other waits and uses it.
     runs = [RunningBus(bus_env), RunningBus(bus_env)]
     for running in runs:
-        await running.start(FLOWS)
+        await running.start(FLOWS, *MEDIATION_ONLY)
     try:
         for running in runs:
             await running.wait_for_line(f"running customer-upserts on Kafka {bootstrap}")

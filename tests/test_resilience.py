@@ -6,7 +6,7 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from bus.errors import BusError
+from bus.errors import BusError, PermanentDeliveryError, TransientDeliveryError
 from bus.flows import model
 from bus.resilience import (
     BreakerState,
@@ -24,6 +24,7 @@ from bus.resilience import (
     limiter_from,
     policy_from,
 )
+from bus.resilience.guarded_lookup import GuardedLookup
 
 
 def draws(*values: float) -> Callable[[], float]:
@@ -574,3 +575,33 @@ async def test_system_clock_is_monotonic() -> None:
     await clock.sleep(0)
 
     assert clock.now() >= before
+
+
+async def test_a_guarded_lookup_counts_its_calls_failures_and_retries_for_the_status_board() -> (
+    None
+):
+    answers: list[Exception | str] = [
+        TransientDeliveryError("busy"),
+        "ACC-1",
+        PermanentDeliveryError("no"),
+    ]
+
+    async def lookup(**arguments: object) -> str:
+        answer = answers.pop(0)
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+    guarded = GuardedLookup(
+        "erp-customer", lookup, RetryPolicy(attempts=3, initial=0.001, max_delay=0.001)
+    )
+    assert await guarded(CustomerId="c-1") == "ACC-1"
+    with pytest.raises(PermanentDeliveryError):
+        await guarded(CustomerId="c-2")
+    assert guarded.counters.as_dict() == {
+        "in": 2,
+        "out": 1,
+        "failed": 2,
+        "dead_lettered": 0,
+        "retried": 1,
+    }

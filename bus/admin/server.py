@@ -21,6 +21,8 @@ The /journeys and /dlq routes read Kafka one at a time (bus.admin.reads): a seco
 a few seconds for the first, then gets 503 with Retry-After.
 """
 
+import logging
+import os
 from collections.abc import Mapping
 
 import aiohttp
@@ -37,6 +39,7 @@ from bus.flows.model import AdminSettings
 from bus.http.problem import Problem, problem_middleware
 from bus.telemetry.status import StatusBoard
 
+log = logging.getLogger(__name__)
 # An admin call under way at stop (a journey scan, a replay-all) may go on this long, and its
 # cancelled handler as long again (aiohttp waits twice): it must not hold up the shutdown of
 # the `bus run` process it observes, as aiohttp's default of 60 s would.
@@ -98,14 +101,15 @@ class AdminServer:
             await site.start()
         except OSError as error:
             await runner.cleanup()
+            why = os.strerror(error.errno or 0).lower()
             raise ConfigError(
                 f"observability.admin: cannot listen on {self.settings.host}:"
-                f"{self.settings.port} ({error.strerror}); choose another port, or 0 for any "
-                "free one"
+                f"{self.settings.port} ({why}); choose another port, or 0 for any free one"
             ) from error
         self._runner = runner
         host, port = runner.addresses[0][:2]
         self._url = f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+        log.info("admin API listening on %s", self._url)
 
     async def stop(self) -> None:
         await self._readiness.close()

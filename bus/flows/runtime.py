@@ -157,22 +157,15 @@ async def _run(
     runtimes: dict[str, AdapterRuntime] = {}
     server: InboundServer | None = None
     unsupervised: list[ItemStatus] = []
+    tasks: list[asyncio.Task[None]] = []
     admin = admin_server_for(flows, telemetry, bootstrap_servers=bootstrap_servers, session=session)
     try:
         if admin is not None:  # first: /healthz and /readyz answer while the items start
             await admin.start()
-            log.info("admin API listening on %s", admin.url)
         context = AdapterContext(
             flows, catalog, codec, ingest, session, bootstrap_servers, telemetry=telemetry
         )
-        lookups: dict[str, Lookup] = {
-            item.name: _guarded(
-                item,
-                _runtime(runtimes, item.adapter, context).add_lookup(item),
-                telemetry.board.item(item.name, "lookup"),
-            )
-            for item in flows.lookups
-        }
+        lookups = _lookups(flows, context, runtimes, telemetry)
         built = [
             build_flow(flow, catalog, codec, lookups)
             for flow in flows.mediation
@@ -184,8 +177,11 @@ async def _run(
         work += _add_adapter_items(flows, chosen, context, runtimes, stop=stop, telemetry=telemetry)
         unsupervised = _unsupervised_items(flows, chosen, telemetry)  # adapters put theirs first
         routes = [route for runtime in runtimes.values() for route in runtime.routes()]
-        work += [(f"{name} adapter", runtime.run(stop)) for name, runtime in runtimes.items()]
-        tasks = [asyncio.create_task(coroutine) for _, coroutine in work]
+        work += [
+            (f"{name} adapter", _adapter_work(name, runtime, stop))
+            for name, runtime in runtimes.items()
+        ]
+        tasks += [asyncio.create_task(coroutine) for _, coroutine in work]
         if routes:
             server = await _open_server(flows, ingest, routes, stop, telemetry)
         _enter(unsupervised, ItemState.RUNNING)
@@ -203,6 +199,7 @@ async def _run(
             await asyncio.wait_for(asyncio.gather(*tasks, return_exceptions=True), TEARDOWN_S)
         return [name for (name, _), task in zip(work, tasks, strict=True) if task in pending]
     finally:
+        await _cancel_unfinished(tasks)
         _enter(unsupervised, ItemState.STOPPED)
         if server is not None:
             await server.stop()
@@ -214,6 +211,42 @@ async def _run(
         await session.close()
         if registry is not None:
             await registry.close()
+
+
+def _lookups(
+    flows: FlowSet,
+    context: AdapterContext,
+    runtimes: dict[str, AdapterRuntime],
+    telemetry: Telemetry,
+) -> dict[str, Lookup]:
+    """Every named lookup, from its adapter, guarded by its retry, breaker and rate limit."""
+    return {
+        item.name: _guarded(
+            item,
+            _runtime(runtimes, item.adapter, context).add_lookup(item),
+            telemetry.board.item(item.name, "lookup"),
+        )
+        for item in flows.lookups
+    }
+
+
+async def _cancel_unfinished(tasks: Sequence[asyncio.Task[None]]) -> None:
+    """Only when starting failed (the server's port taken) are items still running here."""
+    running = [task for task in tasks if not task.done()]
+    for task in running:
+        task.cancel()
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(asyncio.gather(*running, return_exceptions=True), TEARDOWN_S)
+
+
+async def _adapter_work(name: str, runtime: AdapterRuntime, stop: asyncio.Event) -> None:
+    """An adapter's background work, whose failure is logged at once: nothing else waits on it
+    before shutdown, so unlogged it would stop silently."""
+    try:
+        await runtime.run(stop)
+    except Exception:
+        log.exception("the %s adapter's background work failed and has stopped", name)
+        raise
 
 
 async def _create_topics(flows: FlowSet, chosen: set[str], bootstrap_servers: str) -> None:
@@ -287,6 +320,7 @@ def _guarded(item: LookupItem, lookup: Lookup, status: ItemStatus) -> Lookup:
         policy_from(item.retry),
         status.breaker,
         limiter_from(item.rate_limit) if item.rate_limit else None,
+        status.counters,
     )
 
 

@@ -9,6 +9,7 @@ answer: the sample is guarded.
 """
 
 import logging
+import os
 import time
 from collections.abc import Sequence
 
@@ -18,6 +19,7 @@ from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 
+from bus.errors import ConfigError
 from bus.http.problem import problem_middleware
 from bus.telemetry.hub import Telemetry
 from bus.telemetry.tracing import TRACE_HEADERS, extract
@@ -55,7 +57,15 @@ class InboundServer:
     async def start(self) -> None:
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.host, self.port)
-        await site.start()
+        try:
+            await site.start()
+        except OSError as error:
+            await self._runner.cleanup()
+            why = os.strerror(error.errno or 0).lower()
+            raise ConfigError(
+                f"http: cannot listen on {self.host}:{self.port} ({why}); stop what uses the "
+                "port, or set http.port in the flow files (0 for any free one)"
+            ) from error
         if self.port == 0:
             self.port = self._runner.addresses[0][1]
         log.info("inbound HTTP server listening on http://%s:%d", self.host, self.port)

@@ -11,7 +11,7 @@ What an `enrich` step meets when the lookup's service fails:
 """
 
 import asyncio
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from bus.errors import PermanentDeliveryError, TransientDeliveryError
@@ -19,6 +19,7 @@ from bus.flows.steps.enrich import Lookup
 from bus.resilience.circuit_breaker import BreakerState, CircuitBreaker
 from bus.resilience.rate_limit import RateLimiter
 from bus.resilience.retry import RetryPolicy
+from bus.telemetry.status import Counters
 
 
 @dataclass
@@ -28,9 +29,12 @@ class GuardedLookup:
     retry: RetryPolicy
     breaker: CircuitBreaker | None = None
     limiter: RateLimiter | None = None
+    counters: Counters = field(default_factory=Counters)
+    """The lookup's line on the status board: calls in, answers out, failed and retried tries."""
 
     async def __call__(self, **arguments: Any) -> Any:
         attempt = 1
+        self.counters.in_ += 1
         while True:
             if self.breaker is not None and not self.breaker.allow():
                 raise TransientDeliveryError(
@@ -42,6 +46,7 @@ class GuardedLookup:
             try:
                 result = await self.lookup(**arguments)
             except TransientDeliveryError as error:
+                self.counters.failed += 1
                 if self._outage():
                     raise
                 if attempt >= self.retry.attempts:
@@ -52,8 +57,10 @@ class GuardedLookup:
                     ) from error
                 await asyncio.sleep(self.retry.delay(attempt, error.retry_after))
                 attempt += 1
+                self.counters.retried += 1
                 continue
             except PermanentDeliveryError:
+                self.counters.failed += 1
                 if self.breaker is not None:  # the service answered: it is up
                     self.breaker.record_success()
                 raise
@@ -63,6 +70,7 @@ class GuardedLookup:
                 raise
             if self.breaker is not None:
                 self.breaker.record_success()
+            self.counters.out += 1
             return result
 
     def _outage(self) -> bool:
