@@ -26,7 +26,7 @@ def test_list_on_the_repository() -> None:
     listed = bus("schemas", "list")
     assert listed.returncode == 0, listed.stderr
     lines = listed.stdout.splitlines()
-    assert len(lines) == 10
+    assert len(lines) == 12  # 11 schemas, and PaymentOutcome's v1 kept for reading
     assert lines[2].split() == [
         "com.acme.crm.CustomerChanged",
         "v1",
@@ -39,7 +39,9 @@ def test_list_json_names_every_version() -> None:
     listed = bus("schemas", "list", "--json")
     rows = [json.loads(line) for line in listed.stdout.splitlines()]
     assert {row["name"] for row in rows} >= {"com.acme.orders.OrderPlaced"}
-    assert all(row["released"] and row["current"] for row in rows)
+    assert all(row["released"] for row in rows)
+    older = [(row["name"], row["version"]) for row in rows if not row["current"]]
+    assert older == [("com.acme.payments.PaymentOutcome", 1)]
     assert all(len(row["fingerprint"]) == 16 for row in rows)
 
 
@@ -64,9 +66,10 @@ def test_release_records_a_changed_schema_as_the_next_version(schemas: Path) -> 
     assert sorted(line.split("/history/")[1] for line in released.stdout.splitlines()) == [
         "com.acme.common.Money/v2.avsc",
         "com.acme.erp.CustomerUpsertRequest/v2.avsc",
+        "com.acme.erp.InvoiceCreated/v2.avsc",
         "com.acme.orders.OrderLine/v2.avsc",
         "com.acme.orders.OrderPlaced/v2.avsc",
-        "com.acme.payments.PaymentOutcome/v2.avsc",
+        "com.acme.payments.PaymentOutcome/v3.avsc",
         "com.acme.payments.PaymentRequested/v2.avsc",
     ]
     history = json.loads((schemas / "history" / "com.acme.common.Money" / "v2.avsc").read_text())
