@@ -126,6 +126,24 @@ async def test_erp_rejects_a_blocked_domain_with_the_declared_fault(erp: tuple[E
     assert system.ledger()["upserts"] == {"c-9": [{"idempotency_key": None, "outcome": "REJECTED"}]}
 
 
+async def test_erp_accepts_a_domain_taken_off_its_deny_list(erp: tuple[Erp, str]) -> None:
+    system, url = erp
+    async with (
+        aiohttp.ClientSession() as session,
+        session.delete(f"{url.rsplit('/erp', 1)[0]}/_demo/deny-list/blocked.example") as answer,
+    ):
+        assert answer.status == 200
+        assert await answer.json() == {"deny_list": []}
+
+    def call() -> str:
+        return str(
+            upsert(erp_service(soap_client(), url), "c-9", "mallory@blocked.example").Outcome
+        )
+
+    assert await asyncio.to_thread(call) == "CREATED"
+    assert system.ledger()["deny_list"] == []
+
+
 async def test_erp_refuses_a_wrong_password_and_a_replayed_token(erp: tuple[Erp, str]) -> None:
     system, url = erp
 

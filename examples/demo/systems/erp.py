@@ -4,8 +4,10 @@
 each with a WS-Security UsernameToken (user `bus`, password `ERP_PASSWORD`):
 
 - `UpsertCustomer` creates or updates a customer's account (`ACC-` and 6 digits, never changing).
-  Customers whose email is at `blocked.example` are refused with the declared fault
-  `CustomerRejected`, a Client fault: a business decision that no retry will change. Like many
+  Customers whose email domain is on the deny list (`blocked.example`) are refused with the
+  declared fault `CustomerRejected`, a Client fault: a business decision that no retry will
+  change. `DELETE /_demo/deny-list/<domain>` takes a domain off the list (the ERP's team fixed
+  it): then replaying the dead letters delivers them (the README's tour does this). Like many
   ERPs it does not deduplicate: each call is recorded with its `Idempotency-Key` header, so the
   ledger shows every duplicate delivery.
 - `GetCustomer` says whether the ERP knows a customer, and its payment terms (derived from its
@@ -62,6 +64,7 @@ class Erp:
         self.soap = SoapService(WSDL, service="ErpService", port="ErpSoap")
         self.security = UsernameTokenPolicy({ERP_USER: password})
         self.faults = faults
+        self.deny_list = {BLOCKED_DOMAIN}
         self.accounts: dict[str, Account] = {}
         self.invoices: dict[str, Invoice] = {}
         self.upserts: defaultdict[str, list[dict[str, str | None]]] = defaultdict(list)
@@ -73,7 +76,12 @@ class Erp:
     def app(self) -> web.Application:
         app = web.Application()
         app.add_routes(
-            [web.post("/erp", self.call), web.get("/erp", self.wsdl), *demo_routes(self.ledger)]
+            [
+                web.post("/erp", self.call),
+                web.get("/erp", self.wsdl),
+                web.delete("/_demo/deny-list/{domain}", self.allow_domain),
+                *demo_routes(self.ledger),
+            ]
         )
         return app
 
@@ -91,7 +99,12 @@ class Erp:
             },
             "lookups": self.lookups,
             "injected_faults": self.injected_faults,
+            "deny_list": sorted(self.deny_list),
         }
+
+    async def allow_domain(self, request: web.Request) -> web.Response:
+        self.deny_list.discard(request.match_info["domain"].lower())
+        return web.json_response({"deny_list": sorted(self.deny_list)})
 
     async def wsdl(self, request: web.Request) -> web.Response:
         if "wsdl" not in request.query:
@@ -120,9 +133,9 @@ class Erp:
     def upsert_customer(self, call: SoapRequest, key: str | None) -> dict[str, Any]:
         customer: str = call.values["CustomerId"]
         domain = call.values["Email"].rpartition("@")[2].lower()
-        if domain == BLOCKED_DOMAIN:
+        if domain in self.deny_list:
             self.upserts[customer].append({"idempotency_key": key, "outcome": "REJECTED"})
-            reason = f"email domain {BLOCKED_DOMAIN} is on the ERP's deny list"
+            reason = f"email domain {domain} is on the ERP's deny list"
             raise SoapFault(
                 "Client",
                 f"customer rejected: {reason}",
