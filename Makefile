@@ -8,14 +8,15 @@ TOOLS := .tools
 UV := $(TOOLS)/bin/uv
 VENV := .venv
 BUS := $(VENV)/bin/bus
-SOURCES := bus adapters tests bench
+SOURCES := bus adapters tests bench examples
 
 export UV_PYTHON_DOWNLOADS := never
 
 .PHONY: help setup kafka-jars run test lint bench-tracing kafka-start kafka-stop kafka-status lock clean
 
 help:
-	@echo "make run    set up, start the local Kafka broker (unless KAFKA_BOOTSTRAP_SERVERS is set) and bus run"
+	@echo "make run    the demo: Kafka (local unless KAFKA_BOOTSTRAP_SERVERS), the demo systems, bus run on examples/flows,"
+	@echo "           a steady load and a live view; Ctrl-C drains, stops all and prints the summary (ARGS=\"--help\")"
 	@echo "make test   set up, lint, and run the whole test suite against a real Kafka broker"
 	@echo "make lint   ruff and mypy --strict"
 	@echo "make bench-tracing   what tracing and journeys cost a mediation flow (a few minutes)"
@@ -36,9 +37,9 @@ setup: $(VENV)/.synced
 kafka-jars: setup
 	@$(BUS) kafka fetch
 
-# Without KAFKA_BOOTSTRAP_SERVERS, bus run fetches the jars and starts the local broker itself.
+# The demo (examples/demo) starts the local broker when no Kafka is given, fetching the jars first.
 run: setup
-	$(BUS) run examples/flows/*.yaml
+	PYTHONPATH=examples $(VENV)/bin/python -m demo $(ARGS)
 
 lint: setup
 	$(VENV)/bin/ruff check $(SOURCES)
