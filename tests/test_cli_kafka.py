@@ -210,14 +210,23 @@ class RunningBus:
         self.stderr.append(rest.decode())
         return await self.process.wait()
 
+    async def kill(self) -> None:
+        """End it if it still runs (a test that failed before stopping it leaves nothing)."""
+        if self.process is not None and self.process.returncode is None:
+            self.process.kill()
+            await self.process.wait()
+
 
 async def test_run_with_configured_cluster_never_starts_a_broker(
     bus_env: dict[str, str], bootstrap_servers: str, home: Path
 ) -> None:
     running = RunningBus({**bus_env, "KAFKA_BOOTSTRAP_SERVERS": bootstrap_servers})
     await running.start(FLOWS, *MEDIATION_ONLY)
-    await running.wait_for_line(f"running customer-upserts on Kafka {bootstrap_servers}")
-    assert await running.stop() == 0
+    try:
+        await running.wait_for_line(f"running customer-upserts on Kafka {bootstrap_servers}")
+        assert await running.stop() == 0
+    finally:
+        await running.kill()
     assert "stopped: in-flight work finished and committed" in "".join(running.stderr)
     assert not (home / "kafka").exists()
     assert our_java_processes(home) == []

@@ -24,6 +24,8 @@ def summary_lines(summary: Summary) -> list[str]:
             notes.append(f"{stream.duplicates} duplicate call(s) acted on again, counted")
         if stream.deduplicated:
             notes.append(f"{stream.deduplicated} repeat(s) deduplicated by the system")
+        if stream.replayed:
+            notes.append(f"{stream.replayed} dead letter(s) delivered after a replay")
         if stream.unexpected:
             notes.append(f"{stream.unexpected} unexpected")
         line = f"  {stream.name:<{width}}  → {stream.system:<7} {stream.delivered:>5} of "
