@@ -20,6 +20,7 @@ from adapters.soap.lookup import SoapLookup
 from adapters.soap.outbound import SoapDelivery, SoapOutbound, UsernameToken
 from adapters.soap.wsdl import clear_wsdl_cache, load_wsdl
 from bus.auth.settings import outbound_auth
+from bus.delivery.runner import describe
 from bus.errors import ConfigError, PermanentDeliveryError, TransientDeliveryError
 from bus.events.catalog import SchemaCatalog
 from bus.events.codec import DecodedEvent
@@ -569,6 +570,8 @@ async def test_a_client_fault_is_permanent_with_code_string_and_detail(
         f'<e:CustomerRejected xmlns:e="{ERP}"><e:CustomerId>reject-7</e:CustomerId>'
         "<e:Reason>credit limit above policy</e:Reason></e:CustomerRejected>"
     )
+    # The dead letter states the detail once: it is in the reason, so not again as the excerpt.
+    assert describe(error) == f"{error.reason} (HTTP {error.status})"
 
 
 @pytest.mark.parametrize("version", ["1.1", "1.2"])

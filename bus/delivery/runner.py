@@ -572,9 +572,10 @@ def describe(error: BaseException) -> str:
 def _http(error: DeliveryError) -> str:
     if error.status is None:
         return ""
-    return (
-        f" (HTTP {error.status}: {error.excerpt})" if error.excerpt else f" (HTTP {error.status})"
-    )
+    excerpt = " ".join(error.excerpt.split())
+    if not excerpt or excerpt in " ".join(error.reason.split()):  # said once is enough
+        return f" (HTTP {error.status})"
+    return f" (HTTP {error.status}: {error.excerpt})"
 
 
 def _raise_if_unavailable(error: BaseException) -> None:
