@@ -282,6 +282,76 @@ def test_ctrl_c_stops_the_load_drains_and_accounts_for_everything(
     assert_gone(record["pids"].values())
 
 
+def test_the_readme_tour_fixes_the_cause_and_replays_the_dead_letters(
+    demo_broker: LocalKafka, tmp_path: Path
+) -> None:
+    """The README's tour: the ERP refuses a customer (dead letter); its team takes the domain
+    off the deny list; `bus dlq replay ... --all` sends the letters back and they get through."""
+    summary_file = tmp_path / "summary.json"
+    log = tmp_path / "demo.out"
+    [erp_port] = free_ports(1)
+    bootstrap = demo_broker.bootstrap_servers
+    with log.open("wb") as output:
+        demo = subprocess.Popen(
+            demo_command(bootstrap, summary_file, "--rate", "20", "--erp-port", str(erp_port)),
+            env=demo_env(tmp_path / "home"),
+            cwd=ROOT,
+            stdout=output,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    try:
+        admin = admin_url(log, demo, within=45)
+        until_dead_lettered(admin, ("erp-upsert-eu", "erp-upsert-world"), within=30)
+        fixed = urllib.request.Request(
+            f"http://127.0.0.1:{erp_port}/_demo/deny-list/blocked.example", method="DELETE"
+        )
+        with urllib.request.urlopen(fixed, timeout=5) as answer:  # noqa: S310
+            assert json.load(answer) == {"deny_list": []}
+        for flow in ("erp-upsert-eu", "erp-upsert-world"):
+            replayed = subprocess.run(
+                [sys.executable, "-m", "bus", "dlq", "replay", flow, "--all"],
+                env={**os.environ, "KAFKA_BOOTSTRAP_SERVERS": bootstrap},
+                capture_output=True,
+                text=True,
+                timeout=60,
+                check=False,
+            )
+            assert replayed.returncode == 0, replayed.stderr
+        demo.send_signal(signal.SIGINT)
+        code = demo.wait(60)
+    finally:
+        if demo.poll() is None:
+            os.killpg(demo.pid, signal.SIGKILL)
+            demo.wait()
+    text = log.read_text()
+    assert code == 0, text
+    record = json.loads(summary_file.read_text())
+    assert record["summary"]["lost"] == 0, text
+    [upserts] = [s for s in record["summary"]["streams"] if s["name"] == "customer upserts"]
+    assert upserts["replayed"] >= 1, text
+    # The ERP's own record: a customer it refused, then took under the same idempotency key.
+    calls = [c for c in record["ledgers"]["erp"]["upserts"].values()]
+    assert any(
+        {call["idempotency_key"] for call in c if call["outcome"] == "REJECTED"}
+        & {call["idempotency_key"] for call in c if call["outcome"] != "REJECTED"}
+        for c in calls
+    )
+    assert_gone(record["pids"].values())
+
+
+def until_dead_lettered(admin: str, items: tuple[str, ...], within: float) -> None:
+    """Until one of `items` has dead-lettered a record."""
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        with urllib.request.urlopen(f"{admin}/flows", timeout=5) as response:  # noqa: S310 -- http://127.0.0.1 only
+            found = json.load(response)["items"]
+        if any(i["counters"]["dead_lettered"] for i in found if i["name"] in items):
+            return
+        time.sleep(0.5)
+    raise AssertionError(f"none of {items} dead-lettered a record within {within} s")
+
+
 def admin_url(log: Path, demo: "subprocess.Popen[bytes]", within: float) -> str:
     """The admin API's URL, from the line the launcher prints once everything is up."""
     deadline = time.monotonic() + within
