@@ -22,7 +22,6 @@ a few seconds for the first, then gets 503 with Retry-After.
 """
 
 import logging
-import os
 from collections.abc import Mapping
 
 import aiohttp
@@ -37,6 +36,7 @@ from bus.admin.routes import Exposition, JourneyReader, StatusRoutes
 from bus.errors import BusError, ConfigError
 from bus.flows.model import AdminSettings
 from bus.http.problem import Problem, problem_middleware
+from bus.processes import why_not_listening
 from bus.telemetry.status import StatusBoard
 
 log = logging.getLogger(__name__)
@@ -101,7 +101,7 @@ class AdminServer:
             await site.start()
         except OSError as error:
             await runner.cleanup()
-            why = os.strerror(error.errno or 0).lower()
+            why = why_not_listening(error)
             raise ConfigError(
                 f"observability.admin: cannot listen on {self.settings.host}:"
                 f"{self.settings.port} ({why}); choose another port, or 0 for any free one"

@@ -7,13 +7,13 @@ from typing import Any
 from rich.table import Table
 from rich.text import Text
 
-_STATE_STYLE = {
+STATE_STYLE = {
     "running": "green",
     "starting": "yellow",
     "restarting": "bold red",
     "stopped": "dim",
 }
-_BREAKER_STYLE = {"closed": "green", "half-open": "yellow", "open": "bold red"}
+BREAKER_STYLE = {"closed": "green", "half-open": "yellow", "open": "bold red"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,20 +46,20 @@ def flows_table(current: Sample, previous: Sample | None, *, source: str) -> Tab
         table.add_row(
             name,
             item["kind"],
-            Text(f"{state} {_age(now - item['since'])}", style=_STATE_STYLE.get(state, "")),
-            _rate(counters, earlier, "in", elapsed),
-            _rate(counters, earlier, "out", elapsed),
+            Text(f"{state} {_age(now - item['since'])}", style=STATE_STYLE.get(state, "")),
+            rate(counters, earlier, "in", elapsed),
+            rate(counters, earlier, "out", elapsed),
             str(counters["failed"]),
-            _rate(counters, earlier, "failed", elapsed),
+            rate(counters, earlier, "failed", elapsed),
             str(counters["dead_lettered"]),
             "-" if item["assigned_partitions"] is None else str(item["lag"]),
             "-" if item["in_flight"] is None else str(item["in_flight"]),
-            Text(breaker or "-", style=_BREAKER_STYLE.get(breaker or "", "")),
+            Text(breaker or "-", style=BREAKER_STYLE.get(breaker or "", "")),
         )
     return table
 
 
-def _rate(
+def rate(
     counters: dict[str, int], earlier: dict[str, int] | None, counter: str, elapsed: float
 ) -> str:
     if earlier is None or elapsed <= 0 or counters[counter] < earlier[counter]:

@@ -231,7 +231,8 @@ def _lookups(
 
 
 async def _cancel_unfinished(tasks: Sequence[asyncio.Task[None]]) -> None:
-    """Only when starting failed (the server's port taken) are items still running here."""
+    """Cancel the items still running: when starting failed (the server's port taken), or the
+    few that outlived the teardown wait (a dead broker), so that none outlives the run."""
     running = [task for task in tasks if not task.done()]
     for task in running:
         task.cancel()

@@ -9,7 +9,6 @@ answer: the sample is guarded.
 """
 
 import logging
-import os
 import time
 from collections.abc import Sequence
 
@@ -21,6 +20,7 @@ from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 
 from bus.errors import ConfigError
 from bus.http.problem import problem_middleware
+from bus.processes import why_not_listening
 from bus.telemetry.hub import Telemetry
 from bus.telemetry.tracing import TRACE_HEADERS, extract
 
@@ -61,7 +61,7 @@ class InboundServer:
             await site.start()
         except OSError as error:
             await self._runner.cleanup()
-            why = os.strerror(error.errno or 0).lower()
+            why = why_not_listening(error)
             raise ConfigError(
                 f"http: cannot listen on {self.host}:{self.port} ({why}); stop what uses the "
                 "port, or set http.port in the flow files (0 for any free one)"

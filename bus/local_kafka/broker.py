@@ -8,14 +8,11 @@ Its state lives in one folder: `server.properties`, the KRaft log directory `dat
 import asyncio
 import base64
 import contextlib
-import ctypes
 import fcntl
 import os
 import re
 import signal
-import socket
 import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Mapping
@@ -27,10 +24,10 @@ import psutil
 from bus.errors import BrokerAlreadyRunningError, BrokerNotRunningError, BrokerStartError
 from bus.local_kafka.distribution import KafkaDistribution, find_java
 from bus.local_kafka.readiness import answers_metadata
+from bus.processes import die_with_parent, port_is_free
 
 LOG_TAIL_LINES = 30
 _STACK_FRAME = re.compile(r"\s+(at |\.\.\. \d+ more)")
-_PR_SET_PDEATHSIG = 1
 
 # Log lines that explain a failed start better than "it exited"; first match wins.
 _KNOWN_FAILURES: tuple[tuple[str, str], ...] = (
@@ -156,7 +153,7 @@ class LocalKafka:
         java = find_java()
         libs = self.distribution.ensure()
         for port in (self.client_port, self.controller_port):
-            if not _port_is_free(port):
+            if not port_is_free(port):
                 raise BrokerStartError(
                     f"port {port} on 127.0.0.1 is taken by another process, so the local broker "
                     "cannot listen there; stop that process or choose free ports with "
@@ -216,7 +213,7 @@ class LocalKafka:
                 # Its own session: Ctrl-C in the terminal that ran `bus kafka start` does not
                 # reach it, and `stop` can end its whole process group.
                 start_new_session=True,
-                preexec_fn=_die_with_parent if self.die_with_parent else None,  # noqa: PLW1509
+                preexec_fn=die_with_parent if self.die_with_parent else None,  # noqa: PLW1509
             )
         self.pid_file.write_text(f"{process.pid}\n")
         return process
@@ -294,28 +291,10 @@ def _is_our_broker(pid: int, properties_file: Path) -> bool:
     return "kafka.Kafka" in command and str(properties_file) in command
 
 
-def _port_is_free(port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        # The JVM binds with SO_REUSEADDR too, so only a live listener counts as "taken",
-        # not connections lingering in TIME_WAIT.
-        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            probe.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
-
-
 def _tail(text: str) -> str:
     """The log's last lines without Java stack frames, which would push the cause out of view."""
     lines = [line for line in text.rstrip().splitlines() if not _STACK_FRAME.match(line)]
     return "\n".join(lines[-LOG_TAIL_LINES:])
-
-
-def _die_with_parent() -> None:
-    """Runs in the child before exec: have Linux send SIGTERM when the parent dies."""
-    if sys.platform == "linux":
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 def new_cluster_id() -> str:
