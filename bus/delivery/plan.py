@@ -50,7 +50,7 @@ class DeliveryPlan:
     @property
     def group_id(self) -> str:
         """The consumer group, named like a mediation flow's (`bus.<name>`)."""
-        return f"bus.{self.name}"
+        return model.consumer_group(self.name)
 
     @property
     def source(self) -> str:

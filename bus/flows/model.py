@@ -558,6 +558,11 @@ def default_dlq(item: str) -> str:
     return f"{item}.dlq"
 
 
+def consumer_group(item: str) -> str:
+    """The Kafka consumer group of a mediation flow or an outbound delivery: `bus.<item name>`."""
+    return f"bus.{item}"
+
+
 def _default_dlq(data: dict[str, Any]) -> str:
     return default_dlq(str(data.get("name", "flow")))
 

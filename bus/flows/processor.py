@@ -184,7 +184,7 @@ class FlowProcessor:
                 raise _Failed("output", error)
             event = replace(
                 item.event,
-                id=str(uuid.uuid5(_IDS, f"{self.flow}/{parent.id}/{position}")),
+                id=output_event_id(self.flow, parent.id, position),
                 source=self.source,
                 time=now(),
                 extensions=child_extensions(parent, item.event.extensions),
@@ -196,3 +196,10 @@ class FlowProcessor:
                 raise _Failed("output", error) from error
             outputs.extend(Output(topic, record, event.id) for topic in topics)
         return outputs
+
+
+def output_event_id(flow: str, input_id: str, position: int) -> str:
+    """The id of a flow's output: deterministic, so a record processed again (after a crash)
+    gives the same ids and consumers can drop the duplicates. `position` is the output's 0-based
+    place among the outputs of its input record."""
+    return str(uuid.uuid5(_IDS, f"{flow}/{input_id}/{position}"))

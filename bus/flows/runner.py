@@ -34,6 +34,7 @@ from aiokafka import AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
 
 from bus.errors import BusError
 from bus.flows.dead_letters import InputRecord
+from bus.flows.model import consumer_group
 from bus.flows.processor import FlowProcessor, Output
 from bus.kafka_clients import durable_producer, group_consumer
 from bus.telemetry import hop as hops
@@ -67,7 +68,7 @@ class FlowPlan:
 
     @property
     def group_id(self) -> str:
-        return f"bus.{self.name}"
+        return consumer_group(self.name)
 
 
 @dataclass(frozen=True, slots=True)

@@ -47,3 +47,7 @@ class Secrets:
             gateway_client_id=setting("GATEWAY_CLIENT_ID", environ),
             gateway_client_secret=setting("GATEWAY_CLIENT_SECRET", environ),
         )
+
+
+IDEMPOTENCY_KEY = "Idempotency-Key"
+"""The header by which the bus names each call, and the systems recognise a repeated one."""

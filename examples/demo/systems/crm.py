@@ -26,13 +26,13 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
+from demo.systems.config import IDEMPOTENCY_KEY
 from demo.systems.ledger import demo_routes
 from demo.systems.webhooks import Outcome, WebhookSender
 
 ACTIONS = ("created", "updated", "deleted")
 CHANNELS = ("web", "store", "phone", "partner")
 ADDRESS_FIELDS = ("line1", "city", "postal_code", "country")
-IDEMPOTENCY_KEY = "Idempotency-Key"
 CENTS = Decimal("0.01")
 
 

@@ -28,7 +28,7 @@ from typing import Any
 
 from aiohttp import web
 
-from demo.systems.config import ERP_USER
+from demo.systems.config import ERP_USER, IDEMPOTENCY_KEY
 from demo.systems.faults import FaultInjector
 from demo.systems.ledger import demo_routes
 from demo.systems.soap import SoapFault, SoapRequest, SoapService
@@ -39,7 +39,6 @@ BLOCKED_DOMAIN = "blocked.example"
 TERMS_BY_REGION = {"EU": "SEPA_DEBIT", "US": "CARD", "APAC": "INVOICE"}
 BUSY_CHANCE = 0.03
 """Share of UpsertCustomer and CreateInvoice calls that fail with "ERP busy" (faults on)."""
-IDEMPOTENCY_KEY = "Idempotency-Key"
 
 
 @dataclass

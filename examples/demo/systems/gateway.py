@@ -27,6 +27,7 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
+from demo.systems.config import IDEMPOTENCY_KEY
 from demo.systems.faults import FaultInjector
 from demo.systems.ledger import demo_routes
 
@@ -36,7 +37,6 @@ DECLINE_ABOVE = Decimal("900.00")
 TOKEN_LIFETIME_S = 300
 FAULT_CHANCES = {"503": 0.04, "429": 0.03, "slow": 0.03}
 SLOW_S = 1.5
-IDEMPOTENCY_KEY = "Idempotency-Key"
 
 
 class Refusal(Exception):  # noqa: N818 -- an answer to the client, not a bug of ours
