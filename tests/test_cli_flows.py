@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -9,10 +10,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def bus(*args: str) -> subprocess.CompletedProcess[str]:
+def bus(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "bus", *args],
         cwd=ROOT,
+        env={**os.environ, **env},
         capture_output=True,
         text=True,
         timeout=60,
@@ -27,6 +29,23 @@ def test_validate_the_examples() -> None:
     validated = bus("validate", *files)
     assert validated.returncode == 0, validated.stderr
     assert validated.stdout.strip() == "3 file(s) valid: 2 inbound, 4 mediation, 6 outbound"
+
+
+def test_the_readmes_flow_example_is_valid(tmp_path: Path) -> None:
+    readme = (ROOT / "README.md").read_text()
+    example = re.search(r"## Writing a flow.*?```yaml\n(.*?)```", readme, re.DOTALL)
+    assert example is not None, "README.md: the flow example under 'Writing a flow' is gone"
+    flows = tmp_path / "flows.yaml"
+    flows.write_text(example.group(1))
+    validated = bus(
+        "validate",
+        str(flows),
+        CRM_WEBHOOK_SECRET="s",
+        VIP_DESK_URL="https://vip.example",
+        VIP_DESK_TOKEN="t",
+    )
+    assert validated.returncode == 0, validated.stderr
+    assert validated.stdout.strip() == "1 file(s) valid: 1 inbound, 1 mediation, 1 outbound"
 
 
 def test_validate_names_file_line_and_key(tmp_path: Path) -> None:

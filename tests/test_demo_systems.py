@@ -26,17 +26,15 @@ import pytest
 import zeep
 import zeep.exceptions
 from aiohttp import web
+from demo.systems.crm import Crm
+from demo.systems.erp import WSDL, Erp
+from demo.systems.faults import FaultInjector, process_seed
+from demo.systems.gateway import Gateway
+from demo.systems.serving import serve
 from lxml import etree  # type: ignore[import-untyped]
 from zeep.wsse.username import UsernameToken
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "examples"))  # examples is not an installed package
-
-from demo.systems.crm import Crm  # noqa: E402 -- needs examples on the path
-from demo.systems.erp import WSDL, Erp  # noqa: E402
-from demo.systems.faults import FaultInjector, process_seed  # noqa: E402
-from demo.systems.gateway import Gateway  # noqa: E402
-from demo.systems.serving import serve  # noqa: E402
 
 ERP_PASSWORD = "erp-test-password"
 WEBHOOK_SECRET = "crm-test-webhook-secret"
