@@ -536,6 +536,45 @@ async def test_outage_opens_the_breaker_pauses_and_loses_nothing(
     assert await topic_size(bootstrap_servers, topics.dlq) == 0
 
 
+async def test_the_lag_keeps_counting_while_an_open_breaker_pauses_the_delivery(
+    bootstrap_servers: str, topics: Topics, endpoint: Endpoint, session: aiohttp.ClientSession
+) -> None:
+    # Paused partitions get no fetch responses, which is where the lag's end offsets come from:
+    # the runner asks the broker for them instead, so an SRE sees the backlog grow in an outage.
+    endpoint.answer = lambda call: web.Response(status=503, text="down")
+    await publish(bootstrap_servers, topics.source, keys=2, per_key=1)
+    item = outbound(
+        name="paused-lag",
+        **{"from": topics.source},
+        dlq=topics.dlq,
+        retry={"attempts": 3, "backoff": {"initial": "20ms", "max": "50ms"}},
+        circuit_breaker={"failures": 2, "reset_after": "1m"},
+    )
+    plan = delivery_plan_from(item)
+    board = StatusBoard()
+    telemetry = Telemetry(Tracing.disabled(), None, BusMetrics(board), board)
+    runner = DeliveryRunner(
+        plan, delivery(endpoint, session), EventCodec(CATALOG), bootstrap_servers,
+        telemetry=telemetry,
+    )  # fmt: skip
+    status = board.item("paused-lag", "outbound")
+    async with running(runner):
+        assert plan.breaker is not None
+        breaker = plan.breaker
+        await eventually("the breaker open", lambda: breaker.state is BreakerState.OPEN)
+        await publish(bootstrap_servers, topics.source, keys=4, per_key=5)
+        assert status.in_flight is not None
+        waiting = status.in_flight
+
+        # Every record not delivered is either in hand or lag: none is lost from view.
+        def backlog() -> int:
+            return sum(status.lag().values()) + waiting()
+
+        await eventually("a backlog of 22", lambda: backlog() == 22, within=15)
+        assert sum(status.lag().values()) >= 18  # the new ones wait in Kafka, not in hand
+    assert runner.dead_lettered == 0
+
+
 class FailingCallMetrics(BusMetrics):
     """Metrics with a bug in the sample of each call."""
 

@@ -103,6 +103,7 @@ log = logging.getLogger(__name__)
 
 POLL_MS = 100  # one getmany: also how soon a stop, a failure or a free slot is noticed
 COMMIT_INTERVAL_S = 1.0
+PAUSED_ENDS_S = 5.0  # while paused, how often the partitions' end offsets are asked (for the lag)
 REVOKE_GRACE_S = 20.0  # calls under way get this long to finish when partitions are revoked
 ABANDON_COMMIT_S = 5.0  # after a failure or cancellation: the last commit may take this long
 
@@ -185,12 +186,13 @@ class DeliveryRunner:
         self._slots = asyncio.Semaphore(plan.max_in_flight)
         self._producer: AIOKafkaProducer | None = None
         self._paused = False
+        self._status = self.telemetry.board.item(plan.name, "outbound")
 
     async def run(self, stop: asyncio.Event) -> None:
         """Deliver until `stop` is set; then let the calls under way finish (start no others),
         commit what is done and leave the group. If the caller cancels this (its grace is
         over), the calls still under way are abandoned, and what is done is still committed."""
-        status = self.telemetry.board.item(self.plan.name, "outbound")
+        status = self._status
         status.breaker = self.plan.breaker
         status.dead_letter_topic = self.plan.dead_letter_topic
         status.in_flight = lambda: self._offsets.in_progress
@@ -222,9 +224,15 @@ class DeliveryRunner:
     async def _consume(self, consumer: AIOKafkaConsumer, stop: asyncio.Event) -> None:
         loop = asyncio.get_running_loop()
         next_commit = loop.time() + COMMIT_INTERVAL_S
+        next_ends = loop.time()
         while not stop.is_set():
             self._raise_if_failed()
             self._steer(consumer)
+            if not self._paused:
+                self._status.paused_ends.clear()
+            elif loop.time() >= next_ends:
+                await self._ask_ends(consumer)
+                next_ends = loop.time() + PAUSED_ENDS_S
             room = max(1, self.plan.max_records_in_hand - self._offsets.in_progress)
             batch = await consumer.getmany(timeout_ms=POLL_MS, max_records=room)
             for records in batch.values():
@@ -236,6 +244,16 @@ class DeliveryRunner:
                 except CommitFailedError as error:  # a rebalance: the hand-over commits
                     log.info("outbound %s: commit skipped: %s", self.plan.name, error)
                 next_commit = loop.time() + COMMIT_INTERVAL_S
+
+    async def _ask_ends(self, consumer: AIOKafkaConsumer) -> None:
+        """The end offsets of the paused partitions, for the lag the status board shows; a
+        broker that does not answer leaves the last ones (the lag is only for watching)."""
+        try:
+            ends = await asyncio.wait_for(consumer.end_offsets(list(consumer.assignment())), 5)
+        except (KafkaError, TimeoutError) as error:
+            log.debug("outbound %s: end offsets not known: %s", self.plan.name, error)
+            return
+        self._status.paused_ends.update(ends)
 
     def _steer(self, consumer: AIOKafkaConsumer) -> None:
         """Pause fetching while the hands are full or the endpoint is down; resume after."""

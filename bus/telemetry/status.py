@@ -59,6 +59,9 @@ class ItemStatus:
     breaker: CircuitBreaker | None = None
     in_flight: Callable[[], int] | None = None  # records in hand, asked when read
     dead_letter_topic: str | None = None
+    paused_ends: dict[TopicPartition, int] = field(default_factory=dict)
+    """Log end offsets asked of the broker while the runner's partitions are paused (no fetch
+    responses then tell the end): without them the lag would freeze during an outage."""
 
     def enter(self, state: ItemState, error: BaseException | None = None) -> None:
         if state is not self.state:
@@ -82,6 +85,9 @@ class ItemStatus:
             # read_committed: records past the last stable offset cannot be read yet anyway.
             stable = consumer.last_stable_offset(partition)
             end = stable if stable is not None and stable >= 0 else consumer.highwater(partition)
+            asked = self.paused_ends.get(partition)
+            if asked is not None and (end is None or asked > end):
+                end = asked
             fetched = _position(consumer, partition)
             if end is not None and fetched is not None:
                 lags[partition] = max(0, end - fetched)
