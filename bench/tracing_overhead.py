@@ -22,7 +22,6 @@ import contextlib
 import json
 import os
 import resource
-import socket
 import statistics
 import sys
 import tempfile
@@ -44,6 +43,7 @@ from bus.flows.loading import load_flow_files
 from bus.flows.runtime import run_flows
 from bus.flows.topics import ensure_topics
 from bus.local_kafka import KafkaDistribution, LocalKafka
+from bus.processes import free_ports
 
 ROOT = Path(__file__).resolve().parents[1]
 CATALOG = SchemaCatalog.load(ROOT / "schemas")
@@ -252,17 +252,6 @@ async def measure(
         "cpus": os.cpu_count(),
         "settings": table,
     }
-
-
-def free_ports(count: int) -> list[int]:
-    probes = [socket.socket() for _ in range(count)]
-    try:
-        for probe in probes:
-            probe.bind(("127.0.0.1", 0))
-        return [probe.getsockname()[1] for probe in probes]
-    finally:
-        for probe in probes:
-            probe.close()
 
 
 def main() -> None:

@@ -2,7 +2,6 @@
 
 import asyncio
 import re
-import socket
 import uuid
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
@@ -13,6 +12,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from bus.config import BusSettings
 from bus.errors import BrokerStartError
 from bus.local_kafka import KafkaDistribution, LocalKafka
+from bus.processes import free_ports
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -33,44 +33,44 @@ def free_port() -> int:
     return free_ports(1)[0]
 
 
-def free_ports(count: int) -> list[int]:
-    """`count` distinct ports free right now (held open together, so no two are the same)."""
-    probes = [socket.socket(socket.AF_INET, socket.SOCK_STREAM) for _ in range(count)]
-    try:
-        for probe in probes:
-            probe.bind(("127.0.0.1", 0))
-        return [probe.getsockname()[1] for probe in probes]
-    finally:
-        for probe in probes:
-            probe.close()
-
-
 def kafka_cache_dir() -> Path:
     """The jar cache `make` fills, shared by every broker the tests start."""
     cache = BusSettings().kafka_cache_dir
     return cache if cache.is_absolute() else ROOT / cache
 
 
-@pytest.fixture(scope="session")
-def kafka_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalKafka]:
+def new_broker(state_dir: Path) -> LocalKafka:
+    """A broker configured for tests (fast, small, dies with the test run), on free ports; not
+    started."""
+    client_port, controller_port = free_ports(2)
+    return LocalKafka(
+        state_dir=state_dir,
+        distribution=KafkaDistribution.pinned(kafka_cache_dir()),
+        client_port=client_port,
+        controller_port=controller_port,
+        overrides=TEST_BROKER_OVERRIDES,
+        heap="512m",
+        die_with_parent=True,
+    )
+
+
+async def start_broker(tmp_path_factory: pytest.TempPathFactory, name: str) -> LocalKafka:
+    """A test broker of its own, started (stop it with `.stop()`)."""
     for attempt in range(3):
-        client_port, controller_port = free_ports(2)
-        broker = LocalKafka(
-            state_dir=tmp_path_factory.mktemp("kafka"),
-            distribution=KafkaDistribution.pinned(kafka_cache_dir()),
-            client_port=client_port,
-            controller_port=controller_port,
-            overrides=TEST_BROKER_OVERRIDES,
-            heap="512m",
-            die_with_parent=True,
-        )
+        broker = new_broker(tmp_path_factory.mktemp(name))
         try:
-            asyncio.run(broker.start(ready_within=90.0))
-            break
+            await broker.start(ready_within=90.0)
+            return broker
         except BrokerStartError as error:
             # Another process may take a free port between choosing it and listening on it.
             if attempt == 2 or "port" not in str(error):
                 raise
+    raise AssertionError("unreachable")
+
+
+@pytest.fixture(scope="session")
+def kafka_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalKafka]:
+    broker = asyncio.run(start_broker(tmp_path_factory, "kafka"))
     try:
         yield broker
     finally:

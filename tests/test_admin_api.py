@@ -42,11 +42,10 @@ from bus.flows.dlq import (
     replay,
 )
 from bus.flows.model import AdminSettings
-from bus.local_kafka import KafkaDistribution, LocalKafka
 from bus.local_kafka.readiness import answers_metadata
 from bus.resilience.circuit_breaker import CircuitBreaker
 from bus.telemetry.status import ItemState, StatusBoard
-from tests.conftest import TEST_BROKER_OVERRIDES, free_port, free_ports, kafka_cache_dir
+from tests.conftest import free_port, start_broker
 from tests.flow_harness import read_records
 
 KEY = "admin-api-key-5c1e9b"
@@ -543,17 +542,7 @@ async def test_kafka_answers_while_any_of_its_addresses_does(bootstrap_servers: 
 async def test_readyz_follows_a_broker_that_stops_and_starts_again(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> None:
-    client_port, controller_port = free_ports(2)
-    broker = LocalKafka(
-        state_dir=tmp_path_factory.mktemp("kafka-readiness"),
-        distribution=KafkaDistribution.pinned(kafka_cache_dir()),
-        client_port=client_port,
-        controller_port=controller_port,
-        overrides=TEST_BROKER_OVERRIDES,
-        heap="512m",
-        die_with_parent=True,
-    )
-    await broker.start(ready_within=90)
+    broker = await start_broker(tmp_path_factory, "kafka-readiness")
     try:
         async with admin_server(
             loopback(),
