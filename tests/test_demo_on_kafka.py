@@ -26,37 +26,24 @@ import psutil
 import pytest
 from aiokafka import AIOKafkaConsumer, ConsumerRecord
 from aiokafka.admin import AIOKafkaAdminClient
+from demo.systems.gateway import CURRENCIES, DECLINE_ABOVE
 
-from bus.errors import BrokerStartError
+from bus.flows.processor import output_event_id
 from bus.kafka_topics import topic_partitions
-from bus.local_kafka import KafkaDistribution, LocalKafka
-from tests.conftest import TEST_BROKER_OVERRIDES, free_ports, kafka_cache_dir
+from bus.local_kafka import LocalKafka
+from tests.conftest import free_ports, start_broker
 
 ROOT = Path(__file__).resolve().parents[1]
 EVENTS = 80  # inputs 8, 16, 24, 32 and 50 are poison: every kind, the blocked customer twice
-KNOWN_CURRENCIES = {"EUR", "USD", "GBP", "JPY", "AUD", "SGD", "INR", "CAD", "MXN"}
-DECLINED_ABOVE = Decimal("900.00")
+# Runs stopped by a signal get a cap too, so that a test whose signal never comes still ends.
+EVENTS_CAP = "3000"
+# Each test starts a broker (up to 90 s on a loaded machine) and runs the demo.
+TIMEOUT = 240
 
 
 @pytest.fixture
 def demo_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalKafka]:
-    for attempt in range(3):
-        client_port, controller_port = free_ports(2)
-        broker = LocalKafka(
-            state_dir=tmp_path_factory.mktemp("demo-kafka"),
-            distribution=KafkaDistribution.pinned(kafka_cache_dir()),
-            client_port=client_port,
-            controller_port=controller_port,
-            overrides=TEST_BROKER_OVERRIDES,
-            heap="512m",
-            die_with_parent=True,
-        )
-        try:
-            asyncio.run(broker.start(ready_within=90.0))
-            break
-        except BrokerStartError as error:
-            if attempt == 2 or "port" not in str(error):
-                raise
+    broker = asyncio.run(start_broker(tmp_path_factory, "demo-kafka"))
     try:
         yield broker
     finally:
@@ -75,6 +62,8 @@ def demo_command(bootstrap: str, summary: Path, *extra: str) -> list[str]:
         "plain",
         "--summary-json",
         str(summary),
+        "--drain-timeout",
+        "30",
         *extra,
     ]
 
@@ -83,12 +72,11 @@ def demo_env(home: Path) -> dict[str, str]:
     return {**os.environ, "PYTHONPATH": str(ROOT / "examples"), "BUS_HOME": str(home)}
 
 
-@pytest.mark.timeout(120)
+@pytest.mark.timeout(TIMEOUT)
 async def test_every_event_is_delivered_as_often_as_expected_and_poison_is_dead_lettered(
     demo_broker: LocalKafka, tmp_path: Path
 ) -> None:
     summary_file = tmp_path / "summary.json"
-    began = time.monotonic()
     command = demo_command(
         demo_broker.bootstrap_servers, summary_file, "--events", str(EVENTS), "--rate", "12"
     )
@@ -104,7 +92,6 @@ async def test_every_event_is_delivered_as_often_as_expected_and_poison_is_dead_
     )
     output = done.stdout + done.stderr
     assert done.returncode == 0, output
-    assert time.monotonic() - began < 90
     assert "lost: 0" in done.stdout, output
     record = json.loads(summary_file.read_text())
     run = record["run_id"]
@@ -143,25 +130,26 @@ async def test_every_event_is_delivered_as_often_as_expected_and_poison_is_dead_
     assert {oid: order["event_id"] for oid, order in crm["orders"].items()} == sent_orders
     assert "forged" not in json.dumps(crm)
 
-    # Customer changes: one distinct upsert key per change that reaches the ERP, none lost;
-    # blocked ones rejected once each; repeated keys (the ERP does not dedupe) counted.
+    # Customer changes: each one that reaches the ERP is one upsert under the id of the
+    # request customer-upserts made of the CRM's event, none lost; blocked ones rejected once
+    # each; repeated keys (the ERP does not dedupe) counted.
     upsert_duplicates = rejected = 0
     successful_keys: dict[str, set[str]] = {}
     for customer_id, customer in crm["customers"].items():
-        reaching = [
-            change
+        reaching = {
+            output_event_id("customer-upserts", change["event_id"], 0): change
             for change in customer["changes"]
             if change["status"] == 202 and change["action"] != "deleted" and change["country"]
-        ]
-        blocked = [c for c in reaching if c["email"].endswith("@blocked.example")]
+        }
+        blocked = {k for k, c in reaching.items() if c["email"].endswith("@blocked.example")}
         calls = erp["upserts"].get(customer_id, [])
-        keys = {call["idempotency_key"] for call in calls if call["outcome"] != "REJECTED"}
-        refused = [call for call in calls if call["outcome"] == "REJECTED"]
-        assert len(keys) == len(reaching) - len(blocked), (customer_id, customer, calls)
-        assert len(refused) == len(blocked), (customer_id, calls)
-        upsert_duplicates += len(calls) - len({call["idempotency_key"] for call in calls})
+        taken = [call["idempotency_key"] for call in calls if call["outcome"] != "REJECTED"]
+        refused = [call["idempotency_key"] for call in calls if call["outcome"] == "REJECTED"]
+        assert set(taken) == set(reaching) - blocked, (customer_id, customer, calls)
+        assert sorted(refused) == sorted(blocked), (customer_id, calls)
+        upsert_duplicates += len(taken) - len(set(taken))
         rejected += len(refused)
-        successful_keys[customer_id] = keys
+        successful_keys[customer_id] = set(taken)
     assert set(erp["upserts"]) <= set(crm["customers"])
     assert rejected == 2
     upserts = streams["customer upserts"]
@@ -182,14 +170,14 @@ async def test_every_event_is_delivered_as_often_as_expected_and_poison_is_dead_
     captured = declined = replays = invoice_repeats = 0
     for order_id, order in crm["orders"].items():
         payment = gateway["payments"].get(order_id)
-        if order["currency"] not in KNOWN_CURRENCIES:
+        if order["currency"] not in CURRENCIES:
             assert payment is None, order_id
             continue
         assert payment is not None, order_id
         replays += payment["replays"]
         failures = crm["payment_failures"].get(order_id, [])
         invoice = erp["invoices"].get(order_id)
-        if Decimal(order["total"]) > DECLINED_ABOVE:
+        if Decimal(order["total"]) > DECLINE_ABOVE:
             assert payment["status"] == "declined", (order_id, order, payment)
             assert invoice is None
             assert len({failure["idempotency_key"] for failure in failures}) == 1, order_id
@@ -237,7 +225,7 @@ async def test_every_event_is_delivered_as_often_as_expected_and_poison_is_dead_
     assert "stopped: in-flight work finished and committed" in record["bus_stopped"]
 
 
-@pytest.mark.timeout(120)
+@pytest.mark.timeout(TIMEOUT)
 def test_ctrl_c_stops_the_load_drains_and_accounts_for_everything(
     demo_broker: LocalKafka, tmp_path: Path
 ) -> None:
@@ -245,7 +233,11 @@ def test_ctrl_c_stops_the_load_drains_and_accounts_for_everything(
     log = tmp_path / "demo.out"
     with log.open("wb") as output:
         demo = subprocess.Popen(
-            demo_command(demo_broker.bootstrap_servers, summary_file, "--rate", "10"),
+            demo_command(
+                demo_broker.bootstrap_servers,
+                summary_file,
+                *("--rate", "10", "--events", EVENTS_CAP),
+            ),
             env=demo_env(tmp_path / "home"),
             cwd=ROOT,
             stdout=output,
@@ -256,15 +248,13 @@ def test_ctrl_c_stops_the_load_drains_and_accounts_for_everything(
         admin = admin_url(log, demo, within=45)
         until_delivered(admin, at_least=10, within=30)
         demo.send_signal(signal.SIGINT)
-        stopped = time.monotonic()
-        code = demo.wait(45)
+        code = demo.wait(60)
     finally:
         if demo.poll() is None:
             os.killpg(demo.pid, signal.SIGKILL)
             demo.wait()
     text = log.read_text()
     assert code == 0, text
-    assert time.monotonic() - stopped < 45
     assert "drained: every expected delivery is made or in a DLQ" in text, text
     assert "lost: 0" in text, text
     record = json.loads(summary_file.read_text())
@@ -276,12 +266,13 @@ def test_ctrl_c_stops_the_load_drains_and_accounts_for_everything(
     # From the ledgers: every accepted order in a known currency was paid, once.
     ledgers = record["ledgers"]
     orders = ledgers["crm"]["orders"]
-    paid = {o for o, order in orders.items() if order["currency"] in KNOWN_CURRENCIES}
+    paid = {o for o, order in orders.items() if order["currency"] in CURRENCIES}
     assert all(orders[o]["status"] == 202 for o in paid)
     assert set(ledgers["gateway"]["payments"]) == paid
     assert_gone(record["pids"].values())
 
 
+@pytest.mark.timeout(TIMEOUT)
 def test_the_readme_tour_fixes_the_cause_and_replays_the_dead_letters(
     demo_broker: LocalKafka, tmp_path: Path
 ) -> None:
@@ -293,7 +284,11 @@ def test_the_readme_tour_fixes_the_cause_and_replays_the_dead_letters(
     bootstrap = demo_broker.bootstrap_servers
     with log.open("wb") as output:
         demo = subprocess.Popen(
-            demo_command(bootstrap, summary_file, "--rate", "20", "--erp-port", str(erp_port)),
+            demo_command(
+                bootstrap,
+                summary_file,
+                *("--rate", "20", "--events", EVENTS_CAP, "--erp-port", str(erp_port)),
+            ),
             env=demo_env(tmp_path / "home"),
             cwd=ROOT,
             stdout=output,

@@ -10,8 +10,9 @@ import click
 from click.decorators import FC
 from rich.console import Console
 
-from bus.config import BusSettings
-from demo.launcher import Launcher
+from bus.config import load_settings
+from bus.errors import BusError
+from demo.launcher import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_NOT_VERIFIED, EXIT_OK, Launcher
 from demo.settings import (
     BUS_ADMIN,
     BUS_HTTP,
@@ -39,10 +40,17 @@ def _port_option(spec: PortSpec) -> Callable[[FC], FC]:
 
 @click.command(
     context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
-    epilog="The local broker's ports are BUS_KAFKA_PORT and BUS_KAFKA_CONTROLLER_PORT "
-    "[9092, 9093]; its state and the demo's logs live under BUS_HOME [.bus] (logs in "
-    "$BUS_HOME/demo/). Ctrl-C stops the load, waits for the bus to drain and prints the "
-    "summary; a second Ctrl-C skips the drain. Exit status 0 when no event was lost.",
+    epilog=f"The local broker's ports are {KAFKA.env} and {KAFKA_CONTROLLER.env} "
+    f"[{KAFKA.default}, {KAFKA_CONTROLLER.default}]; its state and the demo's logs live under "
+    "BUS_HOME [.bus] (logs in $BUS_HOME/demo/). Ctrl-C stops the load, waits for the bus to "
+    "drain and prints the summary; a second Ctrl-C skips the drain and stops everything at "
+    "once (what bus run holds is not committed: its next start delivers it); a third kills "
+    f"every process the demo started. Exit status: {EXIT_OK} when the run drained and no event was "
+    f"lost, every dead letter was expected and bus run stopped cleanly; {EXIT_FAILED} when an "
+    "event was lost, a dead letter was not expected, bus run failed, or the demo could not "
+    f"run; {EXIT_NOT_VERIFIED} when the drain did not finish (its timeout, or a second Ctrl-C), "
+    f"so lost is not verified; {EXIT_INTERRUPTED} when stopped before the demo "
+    "had started or its processes were killed.",
 )
 @click.option(
     "--kafka",
@@ -146,7 +154,10 @@ def main(
     (examples/flows/*.yaml) through `bus run`, on a local Kafka broker or yours, under a steady
     load with a few poison inputs, watched live; at the end, a summary checked against the
     systems' own records (lost must be 0)."""
-    bus_settings = BusSettings()
+    try:
+        bus_settings = load_settings()
+    except BusError as error:
+        raise click.ClickException(str(error)) from error
     given = {
         BUS_HTTP.name: bus_port,
         BUS_ADMIN.name: admin_port,
@@ -162,7 +173,7 @@ def main(
     settings = DemoSettings(
         kafka=kafka or None,
         ports=Ports.choose(given, free=free_ports),
-        bus_home=bus_settings.home,
+        bus=bus_settings,
         rate=rate,
         events=events,
         drain_timeout=drain_timeout,

@@ -6,57 +6,79 @@ Asked of Kafka, not of the admin API: an item whose circuit breaker is open stop
 the lag it reports is only as fresh as its last fetch (docs/operations.md, Limits).
 """
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
-from aiokafka import AIOKafkaConsumer
+from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
 from bus.flows.loading import load_flow_files
+from bus.flows.model import consumer_group
 from bus.kafka_topics import topic_partitions
 
 
-def group_of(item: str) -> str:
-    """Mediation flows and outbound deliveries consume as the group `bus.<name>`."""
-    return f"bus.{item}"
+@dataclass(frozen=True, slots=True)
+class ItemTopics:
+    """The topics of one mediation flow or outbound delivery."""
+
+    sources: tuple[str, ...]
+    dlq: str
 
 
-async def uncommitted(
-    bootstrap_servers: str, sources: Mapping[str, Sequence[str]]
-) -> dict[str, int]:
-    """Per item: records of its source topics (`sources`) its group has not committed."""
-    partitions = {
-        topic: await topic_partitions(bootstrap_servers, topic)
-        for topic in {topic for topics in sources.values() for topic in topics}
+def item_topics(flow_files: Sequence[Path]) -> dict[str, ItemTopics]:
+    """Each mediation flow's and outbound delivery's source topics and dead-letter topic."""
+    flows = load_flow_files(flow_files)
+    mediation = {flow.name: ItemTopics(tuple(flow.from_), flow.dlq) for flow in flows.mediation}
+    return mediation | {
+        delivery.name: ItemTopics(tuple(delivery.from_), delivery.dlq)
+        for delivery in flows.outbound
     }
-    everything = [tp for tps in partitions.values() for tp in tps]
-    if not everything:
-        return {item: 0 for item in sources}
+
+
+async def end_offsets(bootstrap_servers: str, topics: Iterable[str]) -> dict[TopicPartition, int]:
+    """Each partition's end offset, for the topics that exist."""
+    partitions = [
+        partition
+        for topic in sorted(set(topics))
+        for partition in await topic_partitions(bootstrap_servers, topic)
+    ]
+    if not partitions:
+        return {}
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap_servers, enable_auto_commit=False)
     await consumer.start()
     try:
-        ends = await consumer.end_offsets(everything)
-        starts = await consumer.beginning_offsets(everything)
+        ends: dict[TopicPartition, int] = await consumer.end_offsets(partitions)
+        return ends
+    finally:
+        await consumer.stop()
+
+
+async def uncommitted(bootstrap_servers: str, items: Mapping[str, ItemTopics]) -> dict[str, int]:
+    """Per item: records of its source topics its consumer group has not committed."""
+    ends = await end_offsets(
+        bootstrap_servers, (topic for topics in items.values() for topic in topics.sources)
+    )
+    if not ends:
+        return dict.fromkeys(items, 0)
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap_servers, enable_auto_commit=False)
+    await consumer.start()
+    try:
+        starts = await consumer.beginning_offsets(list(ends))
     finally:
         await consumer.stop()
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers)
     await admin.start()
     try:
         left = {}
-        for item, topics in sources.items():
-            mine = [tp for topic in topics for tp in partitions[topic]]
-            committed = await admin.list_consumer_group_offsets(group_of(item), partitions=mine)
+        for item, topics in items.items():
+            mine = [tp for tp in ends if tp.topic in topics.sources]
+            group = consumer_group(item)
+            committed = await admin.list_consumer_group_offsets(group, partitions=mine)
             left[item] = sum(ends[tp] - _start(committed.get(tp), starts[tp]) for tp in mine)
     finally:
         await admin.close()
     return left
-
-
-def sources_of(flow_files: Sequence[Path]) -> dict[str, list[str]]:
-    """Each mediation flow's and outbound delivery's source topics."""
-    flows = load_flow_files(flow_files)
-    sources = {flow.name: list(flow.from_) for flow in flows.mediation}
-    return sources | {delivery.name: list(delivery.from_) for delivery in flows.outbound}
 
 
 def _start(committed: object, log_start: int) -> int:

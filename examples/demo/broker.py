@@ -10,7 +10,7 @@ from bus.errors import BrokerAlreadyRunningError, BusError
 from bus.local_kafka import LocalKafka, local_kafka_from
 from bus.local_kafka.readiness import answers_metadata
 from demo.errors import DemoError
-from demo.settings import REPO
+from demo.settings import KAFKA, REPO
 
 READY_WITHIN = 90.0  # a first start on a slow machine formats storage and warms the JVM
 
@@ -28,10 +28,6 @@ def local_broker(settings: BusSettings, port: int, controller_port: int) -> Loca
         update={"kafka_port": port, "kafka_controller_port": controller_port}
     )
     return local_kafka_from(chosen)
-
-
-def local_broker_running(broker: LocalKafka) -> bool:
-    return broker.status().running
 
 
 async def existing_kafka(bootstrap_servers: str) -> KafkaInUse:
@@ -54,7 +50,7 @@ async def local_kafka(broker: LocalKafka, say: Callable[[str], None]) -> KafkaIn
             None,
             f"the local Kafka broker already running at {status.bootstrap_servers} "
             f"(pid {status.pid}); left running",
-            default and status.bootstrap_servers == "127.0.0.1:9092",
+            default and status.bootstrap_servers == f"127.0.0.1:{KAFKA.default}",
         )
     if not broker.distribution.is_fetched():
         cache = broker.distribution.cache_dir
@@ -73,15 +69,16 @@ async def local_kafka(broker: LocalKafka, say: Callable[[str], None]) -> KafkaIn
         broker,
         f"a local Kafka broker at {status.bootstrap_servers} (pid {status.pid}), started for "
         "this run",
-        default and broker.client_port == 9092,
+        default and broker.client_port == KAFKA.default,
     )
 
 
-async def stop_broker(broker: LocalKafka) -> int | None:
-    """Stop the broker this run started; its pid, or None if it was gone already."""
+async def stop_broker(broker: LocalKafka, within: float) -> int | None:
+    """Stop the broker this run started (SIGKILL after `within` seconds); its pid, or None if
+    it was gone already."""
     if not broker.status().running:
         return None
-    return await asyncio.to_thread(broker.stop)
+    return await asyncio.to_thread(broker.stop, within)
 
 
 def _is_default(broker: LocalKafka) -> bool:

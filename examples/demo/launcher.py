@@ -3,31 +3,29 @@ the load driven while the view shows it, then (at the end of the load or on Ctrl
 an orderly stop of everything started, and the accounts.
 
 Order matters when stopping: the bus stops first (it finishes and commits what it holds, and
-the systems it calls are still there), then the ledgers are read, then the systems and the
-broker stop.
+the systems it calls are still there), then the ledgers and the dead letters are read (all
+written by then), then the systems and the broker stop.
 """
 
 import asyncio
 import contextlib
 import json
+import os
 import random
 import secrets
 import signal
 import time
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import asdict, dataclass, field
-from datetime import datetime
 from typing import Any, TypeVar
 
 import aiohttp
 from aiokafka.errors import KafkaError
 from rich.console import Console
 
-from bus.admin.top_view import Sample
-from bus.config import load_settings
 from bus.errors import BusError
-from demo.accounting import Summary, account, outstanding
-from demo.backlog import sources_of, uncommitted
+from demo.accounting import DeadLettersAdded, Letter, Summary, account, outstanding
+from demo.backlog import ItemTopics, item_topics, uncommitted
 from demo.broker import KafkaInUse, existing_kafka, local_broker, local_kafka, stop_broker
 from demo.children import (
     BUS_SHUTDOWN_GRACE,
@@ -38,10 +36,11 @@ from demo.children import (
     start_systems,
 )
 from demo.errors import DemoError
+from demo.letters import Offsets, dead_letter_ends, letters_since
 from demo.load import LoadDriver
-from demo.observe import MAX_LETTERS, DlqCounts, Observer
+from demo.observe import Observer
 from demo.ports import check_free
-from demo.processes import Child
+from demo.processes import HURRIED_GRACE, KILL_WAIT, Child
 from demo.report import summary_lines
 from demo.settings import DemoSettings
 from demo.view import Links, View, make_view
@@ -50,7 +49,19 @@ from demo.watch import Watch, busy_items, dead_lettered
 T = TypeVar("T")
 WATCH_EVERY = 2.0  # seconds between two looks at the bus and the systems
 DRAIN_POLL = 1.0
-EXIT_INTERRUPTED = 130
+# After its own grace, `bus run` still closes its Kafka clients and HTTP servers and writes its
+# last log line: the launcher waits that much longer before it sends SIGTERM.
+BUS_STOP_MARGIN = 15.0
+SYSTEMS_GRACE = 10.0
+BROKER_GRACE = 30.0
+# Once hurried, each child takes at most three steps of HURRIED_GRACE (first signal, SIGTERM,
+# SIGKILL), and the broker one and its kill.
+HURRIED_WITHIN = 2 * 3 * HURRIED_GRACE + HURRIED_GRACE + KILL_WAIT
+
+EXIT_OK = 0
+EXIT_FAILED = 1  # something was lost, a dead letter was not expected, or the demo failed
+EXIT_NOT_VERIFIED = 3  # the drain did not finish: lost is not verified
+EXIT_INTERRUPTED = 130  # stopped before the demo had started, or its children killed
 
 
 @dataclass
@@ -64,21 +75,33 @@ class Started:
 
 
 class Signals:
-    """Ctrl-C or SIGTERM once: stop the load, drain, stop. Twice: skip the drain."""
+    """Ctrl-C (or SIGTERM) once: stop the load, drain, stop everything in order. Twice: skip
+    the drain and hurry every stop (`on_hurry`). Three times: kill the children (`on_kill`)."""
 
     def __init__(self) -> None:
         self.stop = asyncio.Event()
         self.hurry = asyncio.Event()
+        self.killed = False
+        self._received = 0
+        self._on_hurry: Callable[[], None] = lambda: None
+        self._on_kill: Callable[[], None] = lambda: None
 
-    def install(self) -> None:
+    def install(self, on_hurry: Callable[[], None], on_kill: Callable[[], None]) -> None:
+        self._on_hurry, self._on_kill = on_hurry, on_kill
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(signum, self._received)
+            loop.add_signal_handler(signum, self._got_one)
 
-    def _received(self) -> None:
-        if self.stop.is_set():
+    def _got_one(self) -> None:
+        self._received += 1
+        if self._received == 1:
+            self.stop.set()
+        elif self._received == 2:
             self.hurry.set()
-        self.stop.set()
+            self._on_hurry()
+        else:
+            self.killed = True
+            self._on_kill()
 
 
 class Launcher:
@@ -91,6 +114,8 @@ class Launcher:
         self.seed = settings.seed if settings.seed is not None else secrets.randbits(32)
         self.timings: dict[str, float] = {}
         self.view: View | None = None
+        self.bus_stopping = False
+        self.bus_exit: int | None = None
         self.bus_stopped: str | None = None
 
     def say(self, message: str) -> None:
@@ -100,8 +125,28 @@ class Launcher:
             self.console.print(f"demo: {message}", soft_wrap=True, highlight=False)
 
     async def run(self) -> int:
-        """The whole demo; the exit status: 0 when nothing was lost."""
-        self.signals.install()
+        """The whole demo; the exit status (EXIT_*)."""
+        self.signals.install(on_hurry=self._hurry, on_kill=self._kill)
+        record: dict[str, Any] = {"run_id": self.run_id, "seed": self.seed}
+        code = EXIT_FAILED  # unless it gets as far as a verdict
+        try:
+            summary = await self._run(record)
+        except DemoError as error:
+            record["error"] = str(error)
+            code = EXIT_INTERRUPTED if self.signals.killed else EXIT_FAILED
+        else:
+            if summary is None:
+                code = EXIT_INTERRUPTED
+            else:
+                for line in summary_lines(summary):
+                    self.console.print(line, soft_wrap=True, highlight=False)
+                code = exit_status(summary, self.bus_exit, hurried=self.signals.hurry.is_set())
+        finally:
+            self._write_record(record | {"exit_code": code})
+        return code
+
+    async def _run(self, record: dict[str, Any]) -> Summary | None:
+        """Start, run, stop everything; the accounts (None: stopped before the demo started)."""
         began = time.monotonic()
         async with aiohttp.ClientSession() as session:
             observer = Observer(
@@ -116,28 +161,26 @@ class Launcher:
             try:
                 if not await self._unless_stopped(self._start(observer)):
                     self.say("stopped before the demo had started")
-                    return EXIT_INTERRUPTED
+                    return None
                 self.timings["startup_s"] = time.monotonic() - began
                 self.say(f"everything is up after {self.timings['startup_s']:.1f} s")
-                summary, record = await self._demo(session, observer)
+                summary, details = await self._demo(session, observer)
+                record |= details
+                return summary
             except DemoError as error:
+                self._stop_view()
                 self.console.print(f"demo: {error}", soft_wrap=True, highlight=False)
-                return 1
+                # Nothing left to account for: what is still running stops without waiting.
+                self.signals.hurry.set()
+                raise
             finally:
-                if self.view is not None:
-                    self.view.stop()
-                    self.view = None
+                self._stop_view()
                 await self._stop_everything()
-        for line in summary_lines(summary):
-            self.console.print(line, soft_wrap=True, highlight=False)
-        code = 0 if summary.lost == 0 else 1
-        if self.settings.summary_json is not None:
-            record |= {"pids": self.started.pids, "timings": self.timings, "exit_code": code}
-            path = self.settings.summary_json
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(json.dumps(record, indent=2, default=str))
-            self.say(f"summary, ledgers and child pids written to {path}")
-        return code
+
+    def _stop_view(self) -> None:
+        if self.view is not None:
+            self.view.stop()
+            self.view = None
 
     # -- start -------------------------------------------------------------------------------
 
@@ -182,11 +225,7 @@ class Launcher:
         if settings.kafka:
             check_free(settings.ports.listeners(with_broker=False))
             return await existing_kafka(settings.kafka)
-        try:
-            bus_settings = load_settings()
-        except BusError as error:
-            raise DemoError(str(error)) from error
-        broker = local_broker(bus_settings, settings.ports.kafka, settings.ports.kafka_controller)
+        broker = local_broker(settings.bus, settings.ports.kafka, settings.ports.kafka_controller)
         running = broker.status().running
         check_free(settings.ports.listeners(with_broker=not running))
         kafka = await local_kafka(broker, self.say)
@@ -216,8 +255,12 @@ class Launcher:
         settings = self.settings
         kafka = self.started.kafka
         assert kafka is not None  # noqa: S101 -- _start set it
-        dlq_before = await _retrying(observer.dlq)
-        run_started = datetime.now().astimezone()
+        try:
+            items = item_topics(FLOW_FILES)
+        except BusError as error:  # bus run read them; this is its environment, not ours
+            raise DemoError(f"could not read the flow files: {error}") from error
+        # Where the dead-letter topics end before the first input: what comes after is this run's.
+        letters_from = await self._dead_letter_ends(kafka, items)
         driver = LoadDriver(
             session=session,
             run_id=self.run_id,
@@ -246,12 +289,67 @@ class Launcher:
         )
         watch = Watch(observer, driver, self.run_id)
         began = time.monotonic()
+        await self._load(driver, watch, f"sending the load; {stop_hint}")
+        self.timings["load_s"] = time.monotonic() - began
+        self.say(f"load stopped after {driver.sent} inputs; draining")
+        began = time.monotonic()
+        drained = await self._drain(watch)
+        self.timings["drain_s"] = time.monotonic() - began
+        self.view.show(await watch.look("stopping bus run"))
+        self._stop_view()
+        began = time.monotonic()
+        await self._stop_bus()
+        self.timings["bus_stop_s"] = time.monotonic() - began
+        if self.signals.killed:
+            raise DemoError("every process this run started was killed (third Ctrl-C): no summary")
+        # Everything the bus wrote is written now: the systems' records and the dead letters.
+        ledgers = await _retrying(observer.ledgers)
+        counted = dead_lettered(watch.current)  # the items' counters, as they last said
+        letters = await self._letters(kafka, items, letters_from)
+        dead = DeadLettersAdded(counted) if letters is None else DeadLettersAdded.read(letters)
+        backlog = None if drained else await self._backlog(kafka, items)
+        summary = account(
+            self.run_id,
+            ledgers,
+            driver.inputs,
+            dead,
+            drained=drained,
+            backlog=backlog,
+            topics={item: topics.dlq for item, topics in items.items()},
+        )
+        details = {
+            "summary": summary.as_json(),
+            "ledgers": ledgers.as_json(),
+            "inputs": [item.as_json() for item in driver.inputs],
+            "dlq": {
+                "from_offsets": None
+                if letters_from is None
+                else {f"{tp.topic}[{tp.partition}]": at for tp, at in letters_from.items()},
+                "letters": None
+                if letters is None
+                else {item: [asdict(one) for one in found] for item, found in letters.items()},
+                "counted_by_items": counted,
+            },
+            "kafka": {
+                "bootstrap_servers": kafka.bootstrap_servers,
+                "started_by_demo": kafka.started is not None,
+            },
+            "ports": asdict(settings.ports),
+            "bus_exit": self.bus_exit,
+            "bus_stopped": self.bus_stopped,
+            "uncommitted": backlog,
+        }
+        return summary, details
+
+    async def _load(self, driver: LoadDriver, watch: Watch, status: str) -> None:
+        """The load, watched, until its end, Ctrl-C, or a child's death."""
+        assert self.view is not None  # noqa: S101 -- the view runs while the load does
         load = asyncio.create_task(driver.run(self.signals.stop))
         hurry = asyncio.create_task(self.signals.hurry.wait())
         try:
             while not load.done():
                 self._check_children()
-                self.view.show(await watch.look(f"sending the load; {stop_hint}"))
+                self.view.show(await watch.look(status))
                 await asyncio.wait(
                     {load, hurry}, timeout=WATCH_EVERY, return_when=asyncio.FIRST_COMPLETED
                 )
@@ -262,62 +360,13 @@ class Launcher:
         finally:
             hurry.cancel()
             load.cancel()  # done by now, unless a child died under way
-        self.timings["load_s"] = time.monotonic() - began
-        self.say(f"load stopped after {driver.sent} inputs; draining")
-        began = time.monotonic()
-        drained, last = await self._drain(watch)
-        self.timings["drain_s"] = time.monotonic() - began
-        flows = last
-        dlq_after = await _retrying(observer.dlq)
-        added = dlq_after.added_since(dlq_before)
-        letters = await _letters(observer, dlq_after, added, run_started)
-        self.view.show(await watch.look("stopping bus run"))
-        self.view.stop()
-        self.view = None
-        began = time.monotonic()
-        await self._stop_bus()
-        ledgers = await _retrying(observer.ledgers)
-        self.timings["bus_stop_s"] = time.monotonic() - began
-        backlog = None if drained else await self._backlog()
-        summary = account(
-            self.run_id,
-            ledgers,
-            driver.inputs,
-            added,
-            drained=drained,
-            backlog=backlog,
-            letters=letters,
-            topics=dlq_after.topics,
-        )
-        record = {
-            "run_id": self.run_id,
-            "seed": self.seed,
-            "summary": summary.as_json(),
-            "ledgers": ledgers.as_json(),
-            "inputs": [item.as_json() for item in driver.inputs],
-            "dlq": {
-                "before": dlq_before.letters,
-                "after": dlq_after.letters,
-                "added": added,
-                "counted_by_items": dead_lettered(flows),
-                "topics": dlq_after.topics,
-            },
-            "kafka": {
-                "bootstrap_servers": kafka.bootstrap_servers,
-                "started_by_demo": kafka.started is not None,
-            },
-            "ports": asdict(settings.ports),
-            "bus_stopped": self.bus_stopped,
-            "uncommitted": backlog,
-        }
-        return summary, record
 
-    async def _drain(self, watch: Watch) -> tuple[bool, Sample | None]:
+    async def _drain(self, watch: Watch) -> bool:
         """Until every expected delivery is made or dead-lettered and every item is idle
-        (twice in a row: lag comes from the last fetch), the timeout, or a second Ctrl-C."""
+        (twice in a row: lag comes from the last fetch), the timeout, or a second Ctrl-C:
+        whether it drained."""
         deadline = time.monotonic() + self.settings.drain_timeout
         idle_looks = 0
-        frame = None
         while not self.signals.hurry.is_set():
             left = deadline - time.monotonic()
             status = f"draining ({left:.0f} s left; Ctrl-C again skips the drain)"
@@ -330,39 +379,76 @@ class Launcher:
             idle_looks = idle_looks + 1 if waiting == 0 and busy == [] else 0
             if idle_looks >= 2:
                 self.say("drained: every expected delivery is made or in a DLQ, nothing in flight")
-                return True, frame.current
+                return True
             if left <= 0:
                 self.say(
                     f"the drain timed out after {self.settings.drain_timeout:g} s "
                     f"({waiting} deliveries waiting; busy: {', '.join(busy or []) or '-'})"
                 )
-                return False, frame.current
+                return False
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.signals.hurry.wait(), DRAIN_POLL)
         self.say("drain skipped (second Ctrl-C)")
-        return False, frame.current if frame is not None else None
+        return False
 
-    async def _backlog(self) -> dict[str, int]:
-        """Per item, what its consumer group left uncommitted: pending, not lost."""
-        kafka = self.started.kafka
-        assert kafka is not None  # noqa: S101 -- set by _start
+    async def _dead_letter_ends(
+        self, kafka: KafkaInUse, items: dict[str, ItemTopics]
+    ) -> Offsets | None:
         try:
-            return await uncommitted(kafka.bootstrap_servers, sources_of(FLOW_FILES))
-        except (KafkaError, OSError) as error:
+            return await dead_letter_ends(kafka.bootstrap_servers, items)
+        except (KafkaError, BusError, OSError) as error:
+            self.say(f"could not read the dead-letter topics: {error!r}; they will only be counted")
+            return None
+
+    async def _letters(
+        self, kafka: KafkaInUse, items: dict[str, ItemTopics], since: Offsets | None
+    ) -> dict[str, list[Letter]] | None:
+        """The letters this run added, per item; None when Kafka could not be read."""
+        if since is None:
+            return None
+        try:
+            return await letters_since(kafka.bootstrap_servers, items, since)
+        except (KafkaError, BusError, OSError) as error:
+            self.say(
+                f"could not read this run's dead letters: {error!r}; counted by the items instead"
+            )
+            return None
+
+    async def _backlog(self, kafka: KafkaInUse, items: dict[str, ItemTopics]) -> dict[str, int]:
+        """Per item, what its consumer group left uncommitted: pending, not lost."""
+        try:
+            return await uncommitted(kafka.bootstrap_servers, items)
+        except (KafkaError, BusError, OSError) as error:
             self.say(f"could not read the consumer groups' offsets: {error!r}; pending unknown")
             return {}
+
+    def _write_record(self, record: dict[str, Any]) -> None:
+        path = self.settings.summary_json
+        if path is None:
+            return
+        record |= {"pids": self.started.pids, "timings": self.timings}
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(record, indent=2, default=str))
+        self.say(f"summary, ledgers and child pids written to {path}")
 
     # -- stop ----------------------------------------------------------------------------------
 
     async def _stop_bus(self) -> None:
         bus = self.started.bus
-        if bus is None or not bus.running():
+        if bus is None:
             return
-        self.say("stopping bus run (it finishes and commits what it holds)")
-        code = await bus.stop(signal.SIGINT, grace=BUS_SHUTDOWN_GRACE + 15)
-        self.bus_stopped = _stopped_line(bus)
-        said = f": {self.bus_stopped}" if self.bus_stopped else f" (its log: {bus.log})"
-        self.say(f"bus run exited with code {code}{said}")
+        if bus.running():
+            # Hurried, bus.stop sends the second signal (SIGTERM) after HURRIED_GRACE.
+            within = HURRIED_GRACE if self.signals.hurry.is_set() else BUS_SHUTDOWN_GRACE
+            self.say(f"stopping bus run (it has {within:g} s to finish and commit what it holds)")
+            self.bus_stopping = True
+            code = await bus.stop(
+                signal.SIGINT, BUS_SHUTDOWN_GRACE + BUS_STOP_MARGIN, self.signals.hurry
+            )
+            self.bus_stopped = _stopped_line(bus)
+            said = f": {self.bus_stopped}" if self.bus_stopped else f" (its log: {bus.log})"
+            self.say(f"bus run exited with code {code}{said}")
+        self.bus_exit = bus.process.returncode
 
     async def _stop_everything(self) -> None:
         """Stop whatever is still running, in order; one failing stop does not spare the rest."""
@@ -382,14 +468,41 @@ class Launcher:
     async def _stop_systems(self) -> None:
         systems = self.started.systems
         if systems is not None and systems.running():
-            code = await systems.stop(signal.SIGINT, grace=10)
+            code = await systems.stop(signal.SIGINT, SYSTEMS_GRACE, self.signals.hurry)
             self.say(f"demo systems exited with code {code}")
 
     async def _stop_broker(self, kafka: KafkaInUse) -> None:
         assert kafka.started is not None  # noqa: S101 -- only a broker this run started
         self.say("stopping the local Kafka broker this run started")
-        pid = await stop_broker(kafka.started)
-        self.say(f"stopped the local Kafka broker (pid {pid})")
+        within = HURRIED_GRACE if self.signals.hurry.is_set() else BROKER_GRACE
+        pid = await stop_broker(kafka.started, within)
+        if pid is None:
+            self.say("the local Kafka broker had stopped already")
+        else:
+            self.say(f"stopped the local Kafka broker (pid {pid})")
+
+    def _hurry(self) -> None:
+        """A second Ctrl-C: no drain, and every stop short."""
+        bus = self.started.bus
+        if self.bus_stopping and bus is not None and bus.running():
+            bus.signal_group(signal.SIGINT)  # bus run's second signal: it stops at once
+        self.say(
+            f"stopping now: no drain, and bus run stops within {HURRIED_GRACE:g} s (what it "
+            "does not finish is not committed, so its next start delivers it again); "
+            f"everything is stopped within {HURRIED_WITHIN:.0f} s at most. Ctrl-C again kills "
+            "every process this run started"
+        )
+
+    def _kill(self) -> None:
+        """A third Ctrl-C: every process this run started is killed at once."""
+        self.say("killing every process this run started")
+        for child in (self.started.bus, self.started.systems):
+            if child is not None:
+                child.signal_group(signal.SIGKILL)
+        broker = self.started.pids.get("broker")
+        if broker is not None:  # the broker leads its own process group too
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(broker, signal.SIGKILL)
 
     def _check_children(self) -> None:
         """A child that died under way ends the demo, saying why."""
@@ -400,21 +513,16 @@ class Launcher:
                 )
 
 
-async def _letters(
-    observer: Observer, after: DlqCounts, added: dict[str, int], since: datetime
-) -> dict[str, list[dict[str, Any]]] | None:
-    """The reasons of the letters this run added (written since it started), per item; None
-    when the admin API could not list them."""
-    found: dict[str, list[dict[str, Any]]] = {}
-    try:
-        for flow, count in added.items():
-            if count <= 0 or after.letters[flow] > MAX_LETTERS:  # too many to read them all
-                continue
-            reasons = await observer.letters(flow, after.letters[flow])
-            found[flow] = [r for r in reasons if datetime.fromisoformat(r["time"]) >= since]
-    except (aiohttp.ClientError, TimeoutError, KeyError, ValueError):
-        return None
-    return found
+def exit_status(summary: Summary, bus_exit: int | None, *, hurried: bool) -> int:
+    """The demo's exit status, once it has its accounts (see EXIT_*)."""
+    if summary.lost:
+        return EXIT_FAILED
+    # Hurried, bus run was told to stop at once, and says so with its status.
+    if bus_exit != 0 and not hurried:
+        return EXIT_FAILED
+    if not summary.drained:
+        return EXIT_NOT_VERIFIED
+    return EXIT_OK if summary.letters_as_expected else EXIT_FAILED
 
 
 def _stopped_line(bus: Child) -> str | None:
@@ -431,8 +539,7 @@ def _stopped_line(bus: Child) -> str | None:
 
 
 async def _retrying(read: Callable[[], Awaitable[T]], attempts: int = 5) -> T:
-    """A read of the admin API or the systems, tried again a few times (the admin API reads
-    Kafka one request at a time, and may answer 503 busy)."""
+    """A read of the systems, tried again a few times (one may be busy a moment)."""
     for attempt in range(attempts):
         try:
             return await read()

@@ -1,14 +1,13 @@
-"""Reading the running demo over HTTP: the bus's admin API (readiness, items, dead letters) and
-the demo systems' own records of what reached them (their ledgers)."""
+"""Reading the running demo over HTTP: the bus's admin API (readiness, items) and the demo
+systems' own records of what reached them (their ledgers)."""
 
 import asyncio
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
 
 SYSTEMS = ("crm", "erp", "gateway")
-MAX_LETTERS = 10_000  # the admin API's own limit per listing
 
 
 @dataclass(frozen=True, slots=True)
@@ -21,17 +20,6 @@ class Ledgers:
 
     def as_json(self) -> dict[str, Any]:
         return {"crm": self.crm, "erp": self.erp, "gateway": self.gateway}
-
-
-@dataclass(frozen=True, slots=True)
-class DlqCounts:
-    """Letters per dead-letter topic, by the name of the item that writes them."""
-
-    letters: dict[str, int] = field(default_factory=dict)
-    topics: dict[str, str] = field(default_factory=dict)
-
-    def added_since(self, before: "DlqCounts") -> dict[str, int]:
-        return {flow: n - before.letters.get(flow, 0) for flow, n in self.letters.items()}
 
 
 class Observer:
@@ -55,28 +43,13 @@ class Observer:
         flows: dict[str, Any] = await self._json(f"{self.admin_url}/flows")
         return flows
 
-    async def dlq(self) -> DlqCounts:
-        """GET /dlq; a dead-letter topic not created yet holds no letter."""
-        answer = await self._json(f"{self.admin_url}/dlq")
-        queues = answer["queues"]
-        return DlqCounts(
-            letters={queue["flow"]: queue["letters"] or 0 for queue in queues},
-            topics={queue["flow"]: queue["topic"] for queue in queues},
-        )
-
-    async def letters(self, flow: str, total: int) -> list[dict[str, Any]]:
-        """The reasons of the first `total` letters of a flow's dead-letter topic."""
-        limit = max(1, min(total, MAX_LETTERS))
-        answer = await self._json(f"{self.admin_url}/dlq/{flow}?limit={limit}", within=90)
-        return [letter["reason"] for letter in answer["letters"] if letter["reason"]]
-
     async def ledgers(self) -> Ledgers:
         crm, erp, gateway = await asyncio.gather(
             *(self._json(f"{self.systems[name]}/_demo/ledger") for name in SYSTEMS)
         )
         return Ledgers(crm=crm, erp=erp, gateway=gateway)
 
-    async def _json(self, url: str, within: float = 10.0) -> Any:
-        async with self.session.get(url, timeout=aiohttp.ClientTimeout(total=within)) as response:
+    async def _json(self, url: str) -> Any:
+        async with self.session.get(url, timeout=aiohttp.ClientTimeout(total=10)) as response:
             response.raise_for_status()
             return await response.json()

@@ -7,20 +7,22 @@ each child in the right order (the bus drains before the systems it calls go awa
 
 import asyncio
 import contextlib
-import ctypes
 import os
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from bus.processes import die_with_parent
 from demo.errors import DemoError
 
 TAIL_LINES = 25
-_PR_SET_PDEATHSIG = 1
+TERM_GRACE = 5.0  # seconds from SIGTERM to SIGKILL
+KILL_WAIT = 5.0  # seconds for the kernel to end a killed child
+HURRIED_GRACE = 3.0  # at most, for any step, once the user asked twice to stop
+POLL = 0.1
 
 
 @dataclass
@@ -52,7 +54,7 @@ class Child:
                 cwd=cwd,
                 start_new_session=True,
                 # If the launcher is killed outright, its children must not outlive it.
-                preexec_fn=_die_with_parent,  # noqa: PLW1509 -- only prctl, async-signal-safe
+                preexec_fn=die_with_parent,  # noqa: PLW1509 -- only prctl, async-signal-safe
             )
         return cls(name, process, log)
 
@@ -87,26 +89,33 @@ class Child:
                 raise self.failure(f"{self.name} did not say {needle!r} within {within:.0f} s")
             await asyncio.sleep(0.1)
 
-    async def stop(self, first: signal.Signals, grace: float) -> int:
+    async def stop(
+        self, first: signal.Signals, grace: float, hurry: asyncio.Event | None = None
+    ) -> int:
         """Send `first`, then SIGTERM, then SIGKILL, each after a deadline, until the child and
-        anything it started in its session are gone; the child's exit code."""
-        steps = ((first, grace), (signal.SIGTERM, 5.0), (signal.SIGKILL, 5.0))
-        for signum, deadline in steps:
-            if self.running():
-                self._signal_group(signum)
-                with contextlib.suppress(subprocess.TimeoutExpired):
-                    await asyncio.to_thread(self.process.wait, deadline)
+        anything it started in its session are gone; the child's exit code. Once `hurry` is
+        set, no deadline is more than HURRIED_GRACE away."""
+        steps = ((first, grace), (signal.SIGTERM, TERM_GRACE), (signal.SIGKILL, KILL_WAIT))
+        for signum, within in steps:
+            if not self.running():
+                break
+            self.signal_group(signum)
+            await self._ended(within, hurry)
         # The child ended; whatever it left in its process group ends too.
-        self._signal_group(signal.SIGKILL)
+        self.signal_group(signal.SIGKILL)
         return self.process.wait()
 
-    def _signal_group(self, signum: signal.Signals) -> None:
+    def signal_group(self, signum: signal.Signals) -> None:
         # start_new_session: the child leads its own group, whose id is its pid.
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(self.pid, signum)
 
-
-def _die_with_parent() -> None:
-    """Runs in the child before exec: have Linux send SIGTERM when the launcher dies."""
-    if sys.platform == "linux":
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+    async def _ended(self, within: float, hurry: asyncio.Event | None) -> None:
+        """Until the child ended, or `within` seconds (fewer once `hurry` is set)."""
+        deadline = time.monotonic() + within
+        hurried = False
+        while self.running() and time.monotonic() < deadline:
+            if hurry is not None and hurry.is_set() and not hurried:
+                hurried = True
+                deadline = min(deadline, time.monotonic() + HURRIED_GRACE)
+            await asyncio.sleep(POLL)

@@ -5,7 +5,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from demo.ports import Listener, free_ports
+from bus.config import BusSettings
+from bus.processes import free_ports
+from demo.ports import Listener
 
 ViewMode = Literal["auto", "live", "plain", "none"]
 REPO = Path(__file__).resolve().parents[2]
@@ -34,10 +36,19 @@ ERP = PortSpec("erp", "the demo ERP", 9202, "DEMO_ERP_PORT", "--erp-port")
 GATEWAY = PortSpec(
     "gateway", "the demo payment gateway", 9203, "DEMO_GATEWAY_PORT", "--gateway-port"
 )
-# The local broker's, read by bus itself (bus.config); only used when this run starts it.
-KAFKA = PortSpec("kafka", "the local Kafka broker", 9092, "BUS_KAFKA_PORT")
-KAFKA_CONTROLLER = PortSpec(
-    "kafka_controller", "the local Kafka broker's controller", 9093, "BUS_KAFKA_CONTROLLER_PORT"
+
+
+def _broker_port(name: str, purpose: str, setting: str) -> PortSpec:
+    """One of the local broker's ports: bus itself reads it (bus.config `setting`), so its
+    default and variable are bus's."""
+    field = BusSettings.model_fields[setting]
+    return PortSpec(name, purpose, field.default, str(field.validation_alias))
+
+
+# Only used when this run starts the local broker.
+KAFKA = _broker_port("kafka", "the local Kafka broker", "kafka_port")
+KAFKA_CONTROLLER = _broker_port(
+    "kafka_controller", "the local Kafka broker's controller", "kafka_controller_port"
 )
 DEMO_PORTS = (BUS_HTTP, BUS_ADMIN, CRM, ERP, GATEWAY)
 BROKER_PORTS = (KAFKA, KAFKA_CONTROLLER)
@@ -73,7 +84,7 @@ class Ports:
 class DemoSettings:
     kafka: str | None  # an existing cluster's bootstrap servers; None: the local broker
     ports: Ports
-    bus_home: Path  # BUS_HOME: the local broker's state, and the demo's logs under demo/
+    bus: BusSettings  # as bus reads them: BUS_HOME (the local broker's state, the demo's logs)
     rate: float  # inputs per second
     events: int | None  # stop the load after this many inputs; None: until Ctrl-C
     drain_timeout: float
@@ -85,7 +96,7 @@ class DemoSettings:
 
     @property
     def log_dir(self) -> Path:
-        return self.bus_home / "demo"
+        return self.bus.home / "demo"
 
     @property
     def bus_url(self) -> str:

@@ -2,8 +2,9 @@
 (regions, customers without an address, declined payments), and reproducible from a seed."""
 
 import random
-from decimal import Decimal
 from typing import Any
+
+from demo.systems.erp import BLOCKED_DOMAIN
 
 FIRST_NAMES = (
     "Ada", "Grace", "Alan", "Edsger", "Barbara", "Donald", "Margaret", "Ken", "Radia", "Linus",
@@ -52,7 +53,6 @@ BIG_TICKET = (
     ("SKU-9002", "Commercial grinder", "949.00"),
 )
 CHANNELS = ("web", "web", "web", "store", "phone", "partner")
-BLOCKED_DOMAIN = "blocked.example"  # on the ERP's deny list
 UNKNOWN_CURRENCY = "XXX"  # ISO 4217's "no currency": the gateway refuses it
 
 
@@ -130,12 +130,6 @@ class Shop:
     def _line(item: tuple[str, str, str], quantity: int) -> dict[str, Any]:
         sku, description, price = item
         return {"sku": sku, "description": description, "quantity": quantity, "unit_price": price}
-
-
-def order_total(order: dict[str, Any]) -> Decimal:
-    return sum(
-        (Decimal(line["unit_price"]) * line["quantity"] for line in order["lines"]), Decimal(0)
-    )
 
 
 def _currency(country: str) -> str:

@@ -12,14 +12,12 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
-from bus.admin.top_view import Sample
+from bus.admin.top_view import BREAKER_STYLE, STATE_STYLE, Sample, rate
 from demo.accounting import Summary
 from demo.observe import Ledgers
 from demo.settings import ViewMode
 
 PLAIN_EVERY = 5.0  # seconds between two progress lines
-_BREAKER_STYLE = {"closed": "green", "half-open": "yellow", "open": "bold red"}
-_STATE_STYLE = {"running": "green", "starting": "yellow", "restarting": "bold red"}
 _KINDS = {"inbound": "in", "mediation": "flow", "outbound": "out", "lookup": "lookup"}
 _SYSTEMS = {"crm": "CRM", "erp": "ERP", "gateway": "gateway", "kafka": "-"}
 _TEXT_COLUMNS = {"bus item", "kind", "state", "delivery (systems' records)", "to"}
@@ -182,8 +180,8 @@ def _items_table(current: Sample, previous: Sample | None) -> Table:
         table.add_row(
             name,
             _KINDS.get(item["kind"], item["kind"]),
-            _rate(counters, earlier, "in", elapsed),
-            _rate(counters, earlier, "out", elapsed),
+            rate(counters, earlier, "in", elapsed),
+            rate(counters, earlier, "out", elapsed),
             str(counters["in"]),
             str(counters["out"]),
             str(counters["retried"]),
@@ -199,10 +197,10 @@ def _items_table(current: Sample, previous: Sample | None) -> Table:
 def _state(state: str, breaker: str | None) -> Text:
     """The item's state; while it runs, its circuit breaker's when that is not closed."""
     if state != "running":
-        return Text(state, style=_STATE_STYLE.get(state, ""))
+        return Text(state, style=STATE_STYLE.get(state, ""))
     if breaker in (None, "closed"):
         return Text("ok", style="green")
-    return Text(f"breaker {breaker}", style=_BREAKER_STYLE.get(breaker or "", ""))
+    return Text(f"breaker {breaker}", style=BREAKER_STYLE.get(breaker or "", ""))
 
 
 def _deliveries_table(progress: Summary) -> Table:
@@ -273,11 +271,3 @@ def _progress_line(frame: Frame) -> str:
     parts.extend(frame.problems)
     parts.append(frame.status)
     return " | ".join(parts)
-
-
-def _rate(
-    counters: dict[str, int], earlier: dict[str, int] | None, counter: str, elapsed: float
-) -> str:
-    if earlier is None or elapsed <= 0 or counters[counter] < earlier[counter]:
-        return "-"
-    return f"{(counters[counter] - earlier[counter]) / elapsed:.1f}"

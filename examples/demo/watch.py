@@ -6,7 +6,7 @@ import asyncio
 import time
 
 from bus.admin.top_view import Sample
-from demo.accounting import account
+from demo.accounting import DeadLettersAdded, account
 from demo.load import LoadDriver
 from demo.observe import Ledgers, Observer
 from demo.view import Frame
@@ -41,9 +41,8 @@ class Watch:
             self.ledgers = ledgers
         progress = None
         if self.ledgers is not None and self.current is not None:
-            progress = account(
-                self.run_id, self.ledgers, self.driver.inputs, dead_lettered(self.current)
-            )
+            counted = DeadLettersAdded(dead_lettered(self.current))
+            progress = account(self.run_id, self.ledgers, self.driver.inputs, counted)
         now, sent = time.monotonic(), self.driver.sent
         then, sent_then = self._sent_before
         if now - then >= 1.0:  # a rate over less than a second says little
