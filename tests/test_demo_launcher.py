@@ -21,7 +21,13 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import free_ports, kafka_cache_dir
-from tests.test_demo_on_kafka import ROOT, admin_url, assert_gone, demo_env, until_delivered
+from tests.test_demo_on_kafka import (
+    admin_url,
+    assert_gone,
+    demo_env,
+    running_demo,
+    until_delivered,
+)
 
 TIMEOUT = 240  # the launcher starts its own broker: up to 90 s on a loaded machine
 EXIT_FAILED = 1
@@ -41,21 +47,8 @@ def launcher(tmp_path: Path, *extra: str) -> Iterator["subprocess.Popen[bytes]"]
     env.pop("KAFKA_BOOTSTRAP_SERVERS", None)
     command = [sys.executable, "-m", "demo", "--free-ports", "--view", "plain"]
     command += ["--summary-json", str(tmp_path / "summary.json"), "--events", "3000", *extra]
-    with (tmp_path / "demo.out").open("wb") as output:
-        demo = subprocess.Popen(
-            command,
-            env=env,
-            cwd=ROOT,
-            stdout=output,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,  # as in a terminal: a signal goes to the launcher only
-        )
-    try:
+    with running_demo(command, env, tmp_path / "demo.out") as demo:
         yield demo
-    finally:
-        if demo.poll() is None:
-            os.killpg(demo.pid, signal.SIGKILL)  # its children die with it (PDEATHSIG)
-            demo.wait()
 
 
 def systems_pid(log: Path) -> int:

@@ -18,6 +18,7 @@ import time
 import urllib.request
 from collections import Counter
 from collections.abc import Iterator
+from contextlib import contextmanager
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -231,28 +232,14 @@ def test_ctrl_c_stops_the_load_drains_and_accounts_for_everything(
 ) -> None:
     summary_file = tmp_path / "summary.json"
     log = tmp_path / "demo.out"
-    with log.open("wb") as output:
-        demo = subprocess.Popen(
-            demo_command(
-                demo_broker.bootstrap_servers,
-                summary_file,
-                *("--rate", "10", "--events", EVENTS_CAP),
-            ),
-            env=demo_env(tmp_path / "home"),
-            cwd=ROOT,
-            stdout=output,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,  # as in a terminal: the signal goes to the launcher only
-        )
-    try:
+    command = demo_command(
+        demo_broker.bootstrap_servers, summary_file, "--rate", "10", "--events", EVENTS_CAP
+    )
+    with running_demo(command, demo_env(tmp_path / "home"), log) as demo:
         admin = admin_url(log, demo, within=45)
         until_delivered(admin, at_least=10, within=30)
         demo.send_signal(signal.SIGINT)
         code = demo.wait(60)
-    finally:
-        if demo.poll() is None:
-            os.killpg(demo.pid, signal.SIGKILL)
-            demo.wait()
     text = log.read_text()
     assert code == 0, text
     assert "drained: every expected delivery is made or in a DLQ" in text, text
@@ -282,20 +269,10 @@ def test_the_readme_tour_fixes_the_cause_and_replays_the_dead_letters(
     log = tmp_path / "demo.out"
     [erp_port] = free_ports(1)
     bootstrap = demo_broker.bootstrap_servers
-    with log.open("wb") as output:
-        demo = subprocess.Popen(
-            demo_command(
-                bootstrap,
-                summary_file,
-                *("--rate", "20", "--events", EVENTS_CAP, "--erp-port", str(erp_port)),
-            ),
-            env=demo_env(tmp_path / "home"),
-            cwd=ROOT,
-            stdout=output,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    try:
+    command = demo_command(
+        bootstrap, summary_file, "--rate", "20", "--events", EVENTS_CAP, "--erp-port", str(erp_port)
+    )
+    with running_demo(command, demo_env(tmp_path / "home"), log) as demo:
         admin = admin_url(log, demo, within=45)
         until_dead_lettered(admin, ("erp-upsert-eu", "erp-upsert-world"), within=30)
         fixed = urllib.request.Request(
@@ -315,10 +292,6 @@ def test_the_readme_tour_fixes_the_cause_and_replays_the_dead_letters(
             assert replayed.returncode == 0, replayed.stderr
         demo.send_signal(signal.SIGINT)
         code = demo.wait(60)
-    finally:
-        if demo.poll() is None:
-            os.killpg(demo.pid, signal.SIGKILL)
-            demo.wait()
     text = log.read_text()
     assert code == 0, text
     record = json.loads(summary_file.read_text())
@@ -345,6 +318,29 @@ def until_dead_lettered(admin: str, items: tuple[str, ...], within: float) -> No
             return
         time.sleep(0.5)
     raise AssertionError(f"none of {items} dead-lettered a record within {within} s")
+
+
+@contextmanager
+def running_demo(
+    command: list[str], env: dict[str, str], log: Path
+) -> Iterator["subprocess.Popen[bytes]"]:
+    """The launcher, its output in `log`, running until the block ends (then killed with its
+    process group if need be: its children die with it)."""
+    with log.open("wb") as output:
+        demo = subprocess.Popen(
+            command,
+            env=env,
+            cwd=ROOT,
+            stdout=output,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # as in a terminal: a signal goes to the launcher only
+        )
+    try:
+        yield demo
+    finally:
+        if demo.poll() is None:
+            os.killpg(demo.pid, signal.SIGKILL)
+            demo.wait()
 
 
 def admin_url(log: Path, demo: "subprocess.Popen[bytes]", within: float) -> str:
