@@ -712,6 +712,28 @@ VALIDATION_MISTAKES: list[Any] = [
         ["CustomerUpsertResult has no field 'outcom'", "did you mean outcome?"],
         id="reply mapping a field the schema lacks",
     ),
+    pytest.param(
+        TRANSFORM.format(target="com.acme.erp.CustomerUpsertRequest", extra="").replace(
+            "    steps:", "    decode: false\n    steps:"
+        ),
+        "7:9: mediation[0].steps[0].transform: ",
+        ["has `decode: false`", "can only filter, route and set_key", "remove `decode: false`"],
+        id="a step that needs the data in a flow that does not decode",
+    ),
+    pytest.param(
+        """
+        mediation:
+          - name: switch
+            from: t
+            decode: false
+            to: out
+            steps:
+              - filter: event.change != "DELETED"
+        """,
+        "7:9: mediation[0].steps[0].filter: ",
+        ["unknown name 'event'", "the flow has `decode: false`"],
+        id="an expression reading the data in a flow that does not decode",
+    ),
 ]
 
 

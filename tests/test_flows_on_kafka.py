@@ -13,6 +13,7 @@ import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
+from bus.events.codec import record_of
 from bus.events.event import Event
 from bus.events.publisher import Publisher
 from bus.flows import runner
@@ -128,6 +129,78 @@ mediation:
     assert failed["bus_dlq_attempts"] == "1"
     mapped = next(r for r in letters if headers_of(r)["bus_dlq_step"] == "steps[1].transform")
     assert headers_of(mapped)["ce_id"] == no_address.id  # the original record, unchanged
+
+
+async def test_a_flow_that_does_not_decode_passes_values_on_as_they_are(
+    tmp_path: Path,
+    bootstrap_servers: str,
+    topic_name: Callable[[str], str],
+    create_topics: Callable[..., Any],
+) -> None:
+    """`decode: false`: routed and keyed on attributes, the value never read, so even a value
+    that is not Avro passes on byte for byte; a record without CloudEvents headers is still
+    dead-lettered, and outputs are new events (ids, source, lineage) like any flow's."""
+    source, deletes, others, dlq = (topic_name(p) for p in ("in", "deletes", "others", "dlq"))
+    await create_topics(source)
+    flow = write_flow(
+        tmp_path,
+        f"""
+mediation:
+  - name: switch
+    from: {source}
+    decode: false
+    dlq: {dlq}
+    steps:
+      - filter: attributes.subject != "skip"
+      - set_key: '"routed-" + attributes.key'
+      - route:
+          routes:
+            - when: attributes.subject == "deleted"
+              to: {deletes}
+            - otherwise: {others}
+""",
+    )
+    async with (
+        Publisher(bootstrap_servers, CATALOG, source="/crm") as publisher,
+        running_flows(flow, bootstrap_servers),
+    ):
+        first = await publisher.publish(
+            source, "com.acme.crm.CustomerChanged", customer(1, "DE"), key="c-1",
+            subject="deleted",
+        )  # fmt: skip
+        await publisher.publish(
+            source, "com.acme.crm.CustomerChanged", customer(2, "US"), key="c-2", subject="skip"
+        )
+        # Not Avro, but with CloudEvents headers: passed on; no headers at all: a dead letter.
+        headers = [(n, v) for n, v in headers_of_record(first) if n != "ce_subject"]
+        await publisher._producer.send_and_wait(source, b"opaque", key=b"c-3", headers=headers)
+        await publisher._producer.send_and_wait(source, b"bare", key=b"c-4")
+        [deleted] = await read_records(bootstrap_servers, deletes, 1)
+        [opaque] = await read_records(bootstrap_servers, others, 1)
+        [letter] = await read_records(bootstrap_servers, dlq, 1)
+        consumed = await read_records(bootstrap_servers, source, 4)
+
+    assert deleted.value == next(r.value for r in consumed if r.key == b"c-1")
+    assert deleted.key == b"routed-c-1"
+    attributes = headers_of(deleted)
+    assert attributes["ce_type"] == "com.acme.crm.CustomerChanged"
+    assert attributes["ce_source"] == "/bus/flows/switch"
+    assert attributes["ce_id"] != first.id
+    assert attributes["ce_parentid"] == first.id
+    [event] = await decode([deleted])  # the value, untouched, is still the event's data
+    assert event.data["customerId"] == "c-1"
+    assert opaque.value == b"opaque"
+    assert opaque.key == b"routed-c-3"
+    assert headers_of(letter)["bus_dlq_step"] == "decode"
+    assert headers_of(letter)["bus_dlq_error_type"] == "BadHeaderError"
+    assert letter.value == b"bare"
+    # The skipped record went nowhere.
+    assert await read_all(bootstrap_servers, others) == [opaque]
+
+
+def headers_of_record(event: Event) -> list[tuple[str, bytes]]:
+    """The CloudEvents headers bus writes for `event`."""
+    return list(record_of(event, b"").headers)
 
 
 def lookup_account(customerId: str) -> dict[str, Any]:  # noqa: N803 -- the flow's argument name

@@ -3,7 +3,7 @@
 import io
 import json
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
 from fastavro import schemaless_reader, schemaless_writer
@@ -90,20 +90,7 @@ class EventCodec:
         except (ValueError, TypeError, AttributeError, KeyError, OverflowError) as error:
             problems = explain_invalid(writer, event.data) or [("", str(error))]
             raise EventValidationError(writer.full_name, problems) from error
-        attributes = cloudevents.Attributes(
-            id=event.id,
-            source=event.source,
-            type=writer.full_name,
-            time=event.time,
-            subject=event.subject,
-            content_type=cloudevents.AVRO_CONTENT_TYPE,
-            extensions=event.extensions,
-        )
-        return KafkaRecord(
-            key=event.key.encode() if event.key is not None else None,
-            value=buffer.getvalue(),
-            headers=cloudevents.to_headers(attributes, trace),
-        )
+        return record_of(replace(event, type=writer.full_name), buffer.getvalue(), trace)
 
     async def decode(
         self,
@@ -230,6 +217,44 @@ def _read_body(
     if not isinstance(data, dict):
         raise EventDecodeError(f"{writer.full_name} is not a record schema; events are records")
     return data
+
+
+def record_of(event: Event, value: bytes, trace: Mapping[str, str] | None = None) -> KafkaRecord:
+    """The record of `event` whose data is already encoded as `value`: its key, and its
+    attributes and trace context as headers."""
+    attributes = cloudevents.Attributes(
+        id=event.id,
+        source=event.source,
+        type=event.type,
+        time=event.time,
+        subject=event.subject,
+        content_type=cloudevents.AVRO_CONTENT_TYPE,
+        extensions=event.extensions,
+    )
+    return KafkaRecord(
+        key=event.key.encode() if event.key is not None else None,
+        value=value,
+        headers=cloudevents.to_headers(attributes, trace),
+    )
+
+
+def event_of_headers(
+    key: bytes | None, headers: Sequence[tuple[str, bytes]]
+) -> tuple[Event, dict[str, str]]:
+    """The event a record's key and headers describe, its data left undecoded (empty), and its
+    trace context: what a flow with `decode: false` works on."""
+    attributes, trace = cloudevents.from_headers(headers)
+    event = Event(
+        type=attributes.type,
+        data={},
+        source=attributes.source,
+        id=attributes.id,
+        time=attributes.time,
+        subject=attributes.subject,
+        key=_key_text(key),
+        extensions=attributes.extensions,
+    )
+    return event, trace
 
 
 def _key_text(key: bytes | None) -> str | None:

@@ -9,7 +9,7 @@ from bus.errors import ConfigError
 from bus.events.catalog import SchemaCatalog
 from bus.events.codec import EventCodec
 from bus.flows import model
-from bus.flows.expressions import compile_expression
+from bus.flows.expressions import VARIABLES, compile_expression
 from bus.flows.processor import FlowProcessor
 from bus.flows.runner import FlowPlan
 from bus.flows.steps import (
@@ -41,7 +41,7 @@ def build_flow(
 ) -> BuiltFlow:
     try:
         steps = [
-            _step(f"steps[{index}]", step, catalog, lookups or {})
+            _step(_Context(f"steps[{index}]", catalog, lookups or {}, flow.variables), step)
             for index, step in enumerate(flow.steps)
         ]
     except ConfigError as error:
@@ -56,7 +56,12 @@ def build_flow(
         max_in_flight=flow.max_in_flight,
     )
     processor = FlowProcessor(
-        flow=flow.name, steps=steps, codec=codec, to=flow.to, dead_letter_topic=flow.dlq
+        flow=flow.name,
+        steps=steps,
+        codec=codec,
+        to=flow.to,
+        dead_letter_topic=flow.dlq,
+        decode=flow.decode,
     )
     return BuiltFlow(plan, processor)
 
@@ -76,21 +81,26 @@ class _Context:
     where: str
     catalog: SchemaCatalog
     lookups: Mapping[str, Lookup]
+    variables: tuple[str, ...]  # what the flow's expressions see (`Mediation.variables`)
 
 
-def _step(where: str, step: Any, catalog: SchemaCatalog, lookups: Mapping[str, Lookup]) -> Step:
+def _step(at: _Context, step: Any) -> Step:
     builder = _BUILDERS.get(type(step))
     if builder is None:
-        raise ConfigError(f"{where}: unknown step {type(step).__name__}")
-    return builder(step, _Context(where, catalog, lookups))
+        raise ConfigError(f"{at.where}: unknown step {type(step).__name__}")
+    if at.variables != VARIABLES and builder not in _UNDECODED_BUILDERS:
+        raise ConfigError(
+            f"{at.where}: a flow with `decode: false` can only filter, route and set_key"
+        )
+    return builder(step, at)
 
 
 def _filter(step: model.FilterStep, at: _Context) -> Step:
-    return Filter(f"{at.where}.filter", compile_expression(step.filter))
+    return Filter(f"{at.where}.filter", compile_expression(step.filter, at.variables))
 
 
 def _set_key(step: model.SetKeyStep, at: _Context) -> Step:
-    return SetKey(f"{at.where}.set_key", compile_expression(step.set_key))
+    return SetKey(f"{at.where}.set_key", compile_expression(step.set_key, at.variables))
 
 
 def _transform(step: model.TransformStep, at: _Context) -> Step:
@@ -117,7 +127,7 @@ def _python(step: model.PythonStep, at: _Context) -> Step:
 
 def _route(step: model.RouteStep, at: _Context) -> Step:
     whens = [
-        (compile_expression(choice.when), choice.to)
+        (compile_expression(choice.when, at.variables), choice.to)
         for choice in step.route.routes
         if isinstance(choice, model.WhenRoute)
     ]
@@ -136,6 +146,7 @@ _BUILDERS: dict[type[Any], Callable[[Any, _Context], Step]] = {
     model.PythonStep: _python,
     model.RouteStep: _route,
 }
+_UNDECODED_BUILDERS = (_filter, _set_key, _route)
 
 
 def _lookup(where: str, name: str, lookups: Mapping[str, Lookup]) -> Lookup:

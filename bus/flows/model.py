@@ -42,6 +42,8 @@ from pydantic import (
 from pydantic.json_schema import JsonSchemaValue
 from pydantic_core import CoreSchema, InitErrorDetails, PydanticCustomError
 
+from bus.flows.expressions import VARIABLES
+
 # -- where things are -------------------------------------------------------------------------
 
 KeyPath = tuple[str | int, ...]
@@ -737,6 +739,11 @@ class Mediation(Block):
     max_in_flight: int = Field(
         default=100, ge=1, description="Records processed at once (backpressure)."
     )
+    decode: bool = Field(
+        default=True,
+        description="false: the steps read only `attributes` (the record's headers) and the "
+        "value is passed on as it is, never decoded: filter, route and set_key only.",
+    )
     dlq: TopicName = Field(
         default_factory=_default_dlq,
         description="Dead letter topic for events that fail; default <name>.dlq.",
@@ -746,6 +753,11 @@ class Mediation(Block):
     )
     steps: tuple[Step, ...] = Field(default=(), description="The steps, in order.")
     _origin: Origin | None = PrivateAttr(default=None)
+
+    @property
+    def variables(self) -> tuple[str, ...]:
+        """What its steps' expressions see: without decoding, the attributes only."""
+        return VARIABLES if self.decode else ("attributes",)
 
     @property
     def origin(self) -> Origin:

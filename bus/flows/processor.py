@@ -6,11 +6,11 @@ the record's hop (`HopScope.redact`): it goes into headers that anyone reading t
 """
 
 import uuid
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 
 from bus.errors import BusError, SchemaRegistryError, TransientDeliveryError
-from bus.events.codec import DecodedEvent, EventCodec, KafkaRecord
+from bus.events.codec import DecodedEvent, EventCodec, KafkaRecord, event_of_headers, record_of
 from bus.events.event import Event, now
 from bus.events.lineage import child_extensions
 from bus.flows.dead_letters import DeadLetter, InputRecord, previous_attempts
@@ -86,8 +86,10 @@ class FlowProcessor:
         codec: EventCodec,
         to: str | None,
         dead_letter_topic: str,
+        decode: bool = True,
     ) -> None:
         self.flow = flow
+        self.decode = decode
         self.dead_letter_topic = dead_letter_topic
         self.steps = steps
         self.codec = codec
@@ -127,9 +129,13 @@ class FlowProcessor:
     ) -> list[Output] | DeadLetter:
         scope = scope or HopScope.detached("mediation", self.flow)
         try:
-            decoded = await self._decode(record, scope)
-            items = await self._apply_steps(decoded.event, scope)
-            return await self._outputs(decoded, items, scope)
+            if self.decode:
+                decoded = await self._decode(record, scope)
+                event, trace, value = decoded.event, decoded.trace, None
+            else:
+                (event, trace), value = self._read_headers(record, scope), record.value
+            items = await self._apply_steps(event, scope)
+            return await self._outputs(event, trace, items, scope, value)
         except _Failed as failed:
             return self._dead_letter(record, failed.step, failed.error, attempts, scope)
 
@@ -158,6 +164,15 @@ class FlowProcessor:
         scope.event(decoded.event)
         return decoded
 
+    def _read_headers(self, record: InputRecord, scope: HopScope) -> tuple[Event, dict[str, str]]:
+        try:
+            event, trace = event_of_headers(record.key, record.headers)
+        except BusError as error:
+            scope.event_from_headers(record.headers)
+            raise _Failed("decode", error) from error
+        scope.event(event)
+        return event, trace
+
     async def _apply_steps(self, event: Event, scope: HopScope) -> list[Item]:
         items = [Item(event)]
         for step in self.steps:
@@ -170,10 +185,16 @@ class FlowProcessor:
         return items
 
     async def _outputs(
-        self, decoded: DecodedEvent, items: list[Item], scope: HopScope
+        self,
+        parent: Event,
+        trace: Mapping[str, str],
+        items: list[Item],
+        scope: HopScope,
+        value: bytes | None,
     ) -> list[Output]:
-        parent = decoded.event
-        trace = scope.carrier(decoded.trace)
+        """Each item as a record of a new event; `value`, when the flow does not decode, is
+        the consumed record's, passed on as it is."""
+        trace = scope.carrier(trace)
         outputs: list[Output] = []
         for position, item in enumerate(items):
             topics = item.destinations or ((self.to,) if self.to else ())
@@ -190,7 +211,10 @@ class FlowProcessor:
                 extensions=child_extensions(parent, item.event.extensions),
             )
             try:
-                record = await self.codec.encode(event, trace)
+                if value is None:
+                    record = await self.codec.encode(event, trace)
+                else:
+                    record = record_of(event, value, trace)
             except BusError as error:
                 _raise_if_unavailable(error)
                 raise _Failed("output", error) from error

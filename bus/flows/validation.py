@@ -15,7 +15,7 @@ from typing import Any
 
 from bus.admin.auth_settings import auth_problems
 from bus.events.catalog import SchemaCatalog
-from bus.flows.expressions import ExpressionError, compile_expression
+from bus.flows.expressions import VARIABLES, ExpressionError, compile_expression
 from bus.flows.model import (
     EnrichStep,
     FilterStep,
@@ -39,6 +39,9 @@ from bus.flows.steps.split import SPLIT_NEEDS_A_PATH, split_path
 from bus.plugins import ENTRY_POINT_GROUP, Adapter, installed_adapters
 
 SubPath = tuple[str | int, ...]
+UNDECODED_STEPS = (FilterStep, RouteStep, SetKeyStep)
+"""The steps a flow with `decode: false` may have: those that need no event data."""
+_UNDECODED_HINT = " (the flow has `decode: false`: its data is never read; remove that to read it)"
 
 
 def validate_flows(flows: FlowSet, catalog: SchemaCatalog) -> list[str]:
@@ -132,7 +135,17 @@ class _Checker:
     def mediation(self, flow: Mediation) -> None:
         origin = flow.origin
         for index, step in enumerate(flow.steps):
-            self.step(origin, ("steps", index), step)
+            if not flow.decode and not isinstance(step, UNDECODED_STEPS):
+                kind = next(iter(step.model_dump(by_alias=True)))
+                self.report(
+                    origin,
+                    ("steps", index, kind),
+                    f"flow {flow.name!r} has `decode: false`, so it never reads the events' data "
+                    "and can only filter, route and set_key on `attributes`; remove "
+                    f"`decode: false` to {kind}",
+                )
+                continue
+            self.step(origin, ("steps", index), step, flow.variables)
         if flow.to is None and not (flow.steps and isinstance(flow.steps[-1], RouteStep)):
             self.report(
                 origin,
@@ -175,11 +188,13 @@ class _Checker:
 
     # -- steps ----------------------------------------------------------------------------------
 
-    def step(self, origin: Origin, at: SubPath, step: object) -> None:
+    def step(
+        self, origin: Origin, at: SubPath, step: object, variables: tuple[str, ...] = VARIABLES
+    ) -> None:
         if isinstance(step, FilterStep):
-            self.expression(origin, (*at, "filter"), step.filter)
+            self.expression(origin, (*at, "filter"), step.filter, variables)
         elif isinstance(step, SetKeyStep):
-            self.expression(origin, (*at, "set_key"), step.set_key)
+            self.expression(origin, (*at, "set_key"), step.set_key, variables)
         elif isinstance(step, SplitStep):
             self.expression(origin, (*at, "split"), step.split)
             if split_path(step.split) is None:
@@ -201,7 +216,7 @@ class _Checker:
         elif isinstance(step, PythonStep):
             self.function(origin, (*at, "python"), step.python)
         elif isinstance(step, RouteStep):
-            self.route(origin, (*at, "route"), step.route)
+            self.route(origin, (*at, "route"), step.route, variables)
 
     def transform(self, origin: Origin, at: SubPath, step: TransformStep) -> None:
         target, mapping = step.transform.to, step.transform.map
@@ -219,11 +234,13 @@ class _Checker:
                 "default in the schema must be mapped)",
             )
 
-    def route(self, origin: Origin, at: SubPath, route: Route) -> None:
+    def route(
+        self, origin: Origin, at: SubPath, route: Route, variables: tuple[str, ...] = VARIABLES
+    ) -> None:
         routes = (*at, "routes")
         for index, choice in enumerate(route.routes):
             if isinstance(choice, WhenRoute):
-                self.expression(origin, (*routes, index, "when"), choice.when)
+                self.expression(origin, (*routes, index, "when"), choice.when, variables)
         if not any(isinstance(choice, WhenRoute) for choice in route.routes):
             self.report(origin, routes, "a route needs at least one {when: ..., to: ...}")
         otherwise = [
@@ -242,11 +259,14 @@ class _Checker:
 
     # -- the things steps refer to --------------------------------------------------------------
 
-    def expression(self, origin: Origin, at: SubPath, source: str) -> None:
+    def expression(
+        self, origin: Origin, at: SubPath, source: str, variables: tuple[str, ...] = VARIABLES
+    ) -> None:
         try:
-            compile_expression(source)
+            compile_expression(source, variables)
         except ExpressionError as error:
-            self.report(origin, at, str(error))
+            undecoded = "event" not in variables and "'event'" in error.problem
+            self.report(origin, at, str(error) + (_UNDECODED_HINT if undecoded else ""))
 
     def field_map(self, origin: Origin, at: SubPath, mapping: Mapping[str, str]) -> None:
         for name, source in mapping.items():
