@@ -13,7 +13,7 @@ from typing import Any
 
 import click
 
-from bus import __version__
+from bus import __version__, event_loop
 from bus.admin.process import dead_letter_topics
 from bus.admin.top import top
 from bus.cli_support import checked_flows, reachable_kafka, say, settings_for
@@ -83,7 +83,7 @@ def run(files: tuple[Path, ...], only: tuple[str, ...], shutdown_grace: float) -
     flows, catalog = checked_flows(files, settings)
     settings = settings_for(flows, settings)
     configure_logging(flows.observability.logs, secrets_of(flows))
-    asyncio.run(_run_flows(flows, catalog, settings, only, shutdown_grace))
+    event_loop.run(_run_flows(flows, catalog, settings, only, shutdown_grace), settings.event_loop)
 
 
 async def _run_flows(

@@ -1,6 +1,7 @@
 """Process-wide settings, read from the environment (flow files add their own later)."""
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -49,6 +50,12 @@ class BusSettings(BaseSettings):
         le=65535,
         validation_alias="BUS_KAFKA_CONTROLLER_PORT",
         description="KRaft controller port of the local broker on 127.0.0.1.",
+    )
+
+    event_loop: Literal["auto", "uvloop", "asyncio"] = Field(
+        default="auto",
+        validation_alias="BUS_EVENT_LOOP",
+        description="`bus run`'s event loop: auto (uvloop when installed), uvloop, or asyncio.",
     )
 
     @property
