@@ -39,8 +39,9 @@ def format_time(moment: datetime) -> str:
         raise InvalidAttributesError(
             f"time {moment.isoformat()} has no time zone; give an aware datetime (e.g. UTC)"
         )
-    utc = moment.astimezone(UTC)
-    return utc.strftime("%Y-%m-%dT%H:%M:%S.") + f"{utc.microsecond // 1000:03d}Z"
+    # isoformat, then the offset (always +00:00 here) as Z: twice as fast as strftime, and this
+    # runs for every record a flow writes.
+    return moment.astimezone(UTC).isoformat(timespec="milliseconds")[:-6] + "Z"
 
 
 def parse_time(text: str) -> datetime:
@@ -74,7 +75,7 @@ def to_headers(
     if attributes.subject is not None:
         headers.append(("ce_subject", attributes.subject.encode()))
     for name, value in attributes.extensions.items():
-        if name in _CORE or not _EXTENSION_NAME.fullmatch(name):
+        if name not in _VALID_EXTENSIONS and (name in _CORE or not _valid_extension(name)):
             raise InvalidAttributesError(
                 f"CloudEvents extension name {name!r} must be 1-20 lowercase letters or digits "
                 "and not a core attribute"
@@ -89,6 +90,18 @@ def to_headers(
     for name, value in (trace or {}).items():
         headers.append((name, value.encode()))
     return headers
+
+
+_VALID_EXTENSIONS: set[str] = set()
+"""Extension names seen valid: the same few (parentid, rootid) are checked on every record."""
+
+
+def _valid_extension(name: str) -> bool:
+    if _EXTENSION_NAME.fullmatch(name) is None:
+        return False
+    if len(_VALID_EXTENSIONS) < 1024:  # names come from records: keep the memory bounded
+        _VALID_EXTENSIONS.add(name)
+    return True
 
 
 def from_headers(headers: Headers) -> tuple[Attributes, dict[str, str]]:

@@ -5,6 +5,7 @@ Outputs carry their lineage (`bus.events.lineage`). A dead letter's error text i
 the record's hop (`HopScope.redact`): it goes into headers that anyone reading the DLQ sees.
 """
 
+import hashlib
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
@@ -31,6 +32,7 @@ __all__ = [
 # Output ids derive from (flow, parent id, position): reprocessing a record after a crash makes
 # the same ids, so consumers can drop the duplicates that at-least-once delivery allows.
 _IDS = uuid.UUID("6f1d7c1e-3b9a-4f0e-9c55-2d1e8a4b7c30")
+_IDS_BYTES = _IDS.bytes
 # Kafka's default max.message.bytes is 1 MiB; keep under it with room for the batch framing.
 MAX_RECORD_BYTES = 1_000_000
 DROPPED_HEADER = "bus_dlq_value_dropped"  # the size of a dead letter's value that was dropped
@@ -196,6 +198,7 @@ class FlowProcessor:
         the consumed record's, passed on as it is."""
         trace = scope.carrier(trace)
         outputs: list[Output] = []
+        made = now()  # one time for the outputs of one record
         for position, item in enumerate(items):
             topics = item.destinations or ((self.to,) if self.to else ())
             if not topics:
@@ -203,12 +206,17 @@ class FlowProcessor:
                     f"flow {self.flow!r} has no `to` topic and no route chose one for this event"
                 )
                 raise _Failed("output", error)
-            event = replace(
-                item.event,
-                id=output_event_id(self.flow, parent.id, position),
+            step_event = item.event
+            # Built field by field: dataclasses.replace costs twice as much, on every output.
+            event = Event(
+                type=step_event.type,
+                data=step_event.data,
                 source=self.source,
-                time=now(),
-                extensions=child_extensions(parent, item.event.extensions),
+                id=output_event_id(self.flow, parent.id, position),
+                time=made,
+                subject=step_event.subject,
+                key=step_event.key,
+                extensions=child_extensions(parent, step_event.extensions),
             )
             try:
                 if value is None:
@@ -225,5 +233,14 @@ class FlowProcessor:
 def output_event_id(flow: str, input_id: str, position: int) -> str:
     """The id of a flow's output: deterministic, so a record processed again (after a crash)
     gives the same ids and consumers can drop the duplicates. `position` is the output's 0-based
-    place among the outputs of its input record."""
-    return str(uuid.uuid5(_IDS, f"{flow}/{input_id}/{position}"))
+    place among the outputs of its input record.
+
+    It is `str(uuid.uuid5(_IDS, f"{flow}/{input_id}/{position}"))`, computed without the UUID
+    object (a third of the time; every output of every flow pays it)."""
+    name = f"{flow}/{input_id}/{position}".encode()
+    # SHA-1 is what UUIDv5 is defined with; it names, it does not protect.
+    digest = bytearray(hashlib.sha1(_IDS_BYTES + name, usedforsecurity=False).digest())
+    digest[6] = (digest[6] & 0x0F) | 0x50  # version 5
+    digest[8] = (digest[8] & 0x3F) | 0x80  # RFC 4122 variant
+    text = digest[:16].hex()
+    return f"{text[:8]}-{text[8:12]}-{text[12:16]}-{text[16:20]}-{text[20:]}"
