@@ -12,13 +12,15 @@ SOURCES := bus adapters tests bench examples
 
 export UV_PYTHON_DOWNLOADS := never
 
-.PHONY: help setup kafka-jars run test lint bench-tracing kafka-start kafka-stop kafka-status lock clean
+.PHONY: help setup kafka-jars run test lint bench bench-tracing kafka-start kafka-stop kafka-status lock clean
 
 help:
 	@echo "make run    the demo: Kafka (local unless KAFKA_BOOTSTRAP_SERVERS), the demo systems, bus run on examples/flows,"
 	@echo "           a steady load and a live view; Ctrl-C drains, stops all and prints the summary (ARGS=\"--help\")"
 	@echo "make test   set up, lint, and run the whole test suite against a real Kafka broker"
 	@echo "make lint   ruff and mypy --strict"
+	@echo "make bench  throughput, latency and memory against the raw limits and FastStream (the soak alone: 10 min;"
+	@echo "           QUICK=1: under 2 minutes): bench/results.json and bench/results.md"
 	@echo "make bench-tracing   what tracing and journeys cost a mediation flow (a few minutes)"
 	@echo "make kafka-start | kafka-stop | kafka-status   the local development broker"
 	@echo "make lock   re-resolve uv.lock after editing dependencies;  make clean   remove .venv .tools .bus"
@@ -48,6 +50,9 @@ lint: setup
 
 test: lint kafka-jars
 	$(VENV)/bin/pytest
+
+bench: kafka-jars
+	$(VENV)/bin/python -m bench $(if $(QUICK),--quick)
 
 bench-tracing: kafka-jars
 	$(VENV)/bin/python bench/tracing_overhead.py

@@ -3,7 +3,7 @@
 import io
 import json
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from fastavro import schemaless_reader, schemaless_writer
@@ -90,7 +90,7 @@ class EventCodec:
         except (ValueError, TypeError, AttributeError, KeyError, OverflowError) as error:
             problems = explain_invalid(writer, event.data) or [("", str(error))]
             raise EventValidationError(writer.full_name, problems) from error
-        return record_of(replace(event, type=writer.full_name), buffer.getvalue(), trace)
+        return record_of(event, buffer.getvalue(), trace, type_name=writer.full_name)
 
     async def decode(
         self,
@@ -219,13 +219,19 @@ def _read_body(
     return data
 
 
-def record_of(event: Event, value: bytes, trace: Mapping[str, str] | None = None) -> KafkaRecord:
+def record_of(
+    event: Event,
+    value: bytes,
+    trace: Mapping[str, str] | None = None,
+    *,
+    type_name: str | None = None,
+) -> KafkaRecord:
     """The record of `event` whose data is already encoded as `value`: its key, and its
-    attributes and trace context as headers."""
+    attributes (its type named `type_name`, when given) and trace context as headers."""
     attributes = cloudevents.Attributes(
         id=event.id,
         source=event.source,
-        type=event.type,
+        type=type_name or event.type,
         time=event.time,
         subject=event.subject,
         content_type=cloudevents.AVRO_CONTENT_TYPE,

@@ -20,6 +20,7 @@ import cel
 from cel import stdlib
 
 from bus.errors import BusError
+from bus.flows.expressions_python import UNDECIDED, Evaluate, compile_python
 
 VARIABLES = ("event", "attributes")
 """The names a mediation expression sees; `compile_expression(..., variables=)` sets others."""
@@ -109,6 +110,7 @@ class Expression:
         "_functions",
         "_paths",
         "_program",
+        "_python",
         "source",
         "variables",
     )
@@ -131,6 +133,11 @@ class Expression:
         direct = _PATH.fullmatch(source)
         path = re.split(r"\s*\.\s*", direct.group(1)) if direct else []
         self._direct = path if path and path[0] in variables else None
+        # The common small predicates and keys are answered in Python when CEL's answer is
+        # certain, and by the program otherwise (bus/flows/expressions_python.py).
+        self._python: Evaluate | None = None
+        if self._direct is None:
+            self._python = compile_python(source, variables, self._paths)
 
     def __repr__(self) -> str:
         return f"Expression({self.source!r})"
@@ -147,12 +154,22 @@ class Expression:
         for how decimals, timestamps and null come back)."""
         return self.evaluate_in({"event": event, "attributes": attributes or {}})
 
-    def evaluate_in(self, values: Mapping[str, Any]) -> Any:
+    def evaluate_in(
+        self, values: Mapping[str, Any], *, fast: bool = True, copy: bool = True
+    ) -> Any:
         """The expression's value over named variables (those it was compiled with); a missing
-        variable reads as an empty mapping."""
+        variable reads as an empty mapping. `fast=False` skips the Python fast path (for tests
+        that hold it to CEL's answers). `copy=False` may return a part of `values` itself (a
+        bare path to a map or list), for a caller that copies anyway."""
+        if fast and self._python is not None:
+            result = self._python(values)
+            if result is not UNDECIDED:
+                return result
+            # else CEL decides: its value, or its error and message
         values = {var: values.get(var, {}) for var in self.variables}
         if self._direct is not None:
-            return self._read_path(values, self._direct)
+            found = self._read_path(values, self._direct)
+            return _copied(found) if copy else found
         variables: dict[str, Any] = dict(self._functions)
         try:
             for var, paths in self._paths.items():
@@ -184,7 +201,7 @@ class Expression:
             if problem:
                 raise ExpressionError(self.source, f"failed: {problem}")
             value = value[name]
-        return _copied(value)
+        return value
 
     def _explain(self, exc: Exception, values: Mapping[str, Any]) -> str:
         message = str(exc).strip("'\"") if isinstance(exc, KeyError) else str(exc)

@@ -1,7 +1,7 @@
 """`route`: the content-based router; first match or all matches, with `otherwise`."""
 
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Literal
 
 from bus.flows.expressions import Expression
@@ -26,4 +26,4 @@ class Route:
         if not chosen and self.otherwise is not None:
             chosen.append(self.otherwise)
         # No match and no otherwise: the event goes nowhere, as a router without a default does.
-        return [replace(item, destinations=tuple(chosen))] if chosen else []
+        return [Item(item.event, tuple(chosen))] if chosen else []

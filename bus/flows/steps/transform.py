@@ -1,7 +1,7 @@
 """`transform`: a new event of another schema, each field mapped by an expression."""
 
 from collections.abc import Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 from bus.events.catalog import SchemaVersion
 from bus.events.validation import validated
@@ -17,10 +17,12 @@ class Transform:
 
     async def apply(self, item: Item) -> list[Item]:
         attributes = attributes_of(item.event)
+        # Not copied: `validated` builds the new event's data afresh, so nothing aliases.
+        values = {"event": item.event.data, "attributes": attributes}
         data = {
-            field: expression.evaluate(item.event.data, attributes)
+            field: expression.evaluate_in(values, copy=False)
             for field, expression in self.mapping.items()
         }
         # Checked here, so a mapping mistake names the step rather than surfacing at encoding.
-        event = replace(item.event, type=self.target.full_name, data=validated(self.target, data))
-        return [replace(item, event=event)]
+        event = item.event.with_data(self.target.full_name, validated(self.target, data))
+        return [Item(event, item.destinations)]
