@@ -139,7 +139,8 @@ async def test_a_flow_that_does_not_decode_passes_values_on_as_they_are(
 ) -> None:
     """`decode: false`: routed and keyed on attributes, the value never read, so even a value
     that is not Avro passes on byte for byte; a record without CloudEvents headers is still
-    dead-lettered, and outputs are new events (ids, source, lineage) like any flow's."""
+    dead-lettered (as are a value said to be other than Avro and a tombstone), and outputs are
+    new events (ids, source, lineage) like any flow's."""
     source, deletes, others, dlq = (topic_name(p) for p in ("in", "deletes", "others", "dlq"))
     await create_topics(source)
     flow = write_flow(
@@ -175,10 +176,14 @@ mediation:
         headers = [(n, v) for n, v in headers_of_record(first) if n != "ce_subject"]
         await publisher._producer.send_and_wait(source, b"opaque", key=b"c-3", headers=headers)
         await publisher._producer.send_and_wait(source, b"bare", key=b"c-4")
+        # Said to be JSON, or a tombstone: refused, as decoding would refuse them.
+        json_headers = [(n, b"application/json" if n == "content-type" else v) for n, v in headers]
+        await publisher._producer.send_and_wait(source, b"{}", key=b"c-5", headers=json_headers)
+        await publisher._producer.send_and_wait(source, None, key=b"c-6", headers=headers)
         [deleted] = await read_records(bootstrap_servers, deletes, 1)
         [opaque] = await read_records(bootstrap_servers, others, 1)
-        [letter] = await read_records(bootstrap_servers, dlq, 1)
-        consumed = await read_records(bootstrap_servers, source, 4)
+        letters = await read_records(bootstrap_servers, dlq, 3)
+        consumed = await read_records(bootstrap_servers, source, 6)
 
     assert deleted.value == next(r.value for r in consumed if r.key == b"c-1")
     assert deleted.key == b"routed-c-1"
@@ -191,9 +196,14 @@ mediation:
     assert event.data["customerId"] == "c-1"
     assert opaque.value == b"opaque"
     assert opaque.key == b"routed-c-3"
-    assert headers_of(letter)["bus_dlq_step"] == "decode"
-    assert headers_of(letter)["bus_dlq_error_type"] == "BadHeaderError"
-    assert letter.value == b"bare"
+    by_key = {letter.key: headers_of(letter) for letter in letters}
+    assert {reason["bus_dlq_step"] for reason in by_key.values()} == {"decode"}
+    assert by_key[b"c-4"]["bus_dlq_error_type"] == "BadHeaderError"
+    assert "missing header(s)" in by_key[b"c-4"]["bus_dlq_error"]
+    assert next(letter.value for letter in letters if letter.key == b"c-4") == b"bare"
+    assert "content-type is 'application/json'" in by_key[b"c-5"]["bus_dlq_error"]
+    assert by_key[b"c-6"]["bus_dlq_error_type"] == "EventDecodeError"
+    assert "tombstone" in by_key[b"c-6"]["bus_dlq_error"]
     # The skipped record went nowhere.
     assert await read_all(bootstrap_servers, others) == [opaque]
 

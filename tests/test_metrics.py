@@ -6,6 +6,7 @@ import time
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 
+import prometheus_client.metrics
 import pytest
 from aiokafka import TopicPartition
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry
@@ -169,6 +170,26 @@ def test_processing_latency_histogram_puts_each_hop_in_its_bucket() -> None:
     }
     assert value(samples, f"{name}_count", flow="router", kind="mediation") == 5
     assert value(samples, f"{name}_sum", flow="router", kind="mediation") == pytest.approx(45.2065)
+
+
+def test_a_duration_on_a_bound_counts_in_that_bucket_and_created_series_follow_the_client(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Prometheus buckets are "less than or equal"; the per-item series are ours (not
+    prometheus_client children), so they must also honour PROMETHEUS_DISABLE_CREATED_SERIES."""
+    metrics = BusMetrics(StatusBoard())
+    metrics.observe(hop("mediation", "router", "processed", duration=0.001))
+    name = "bus_processing_duration_seconds"
+    samples = scrape(metrics)
+    assert value(samples, f"{name}_bucket", flow="router", kind="mediation", le="0.001") == 1
+    assert value(samples, "bus_events_in_created", flow="router", kind="mediation") > 0
+    assert value(samples, f"{name}_created", flow="router", kind="mediation") > 0
+
+    monkeypatch.setattr(prometheus_client.metrics, "_use_created", False)
+    body = metrics.exposition()[0].decode()
+    assert "bus_events_in_total" in body
+    assert "bus_events_in_created" not in body
+    assert f"{name}_created" not in body
 
 
 def test_end_to_end_latency_runs_from_ce_time_to_the_end_of_the_hop_that_finished_it() -> None:

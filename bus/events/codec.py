@@ -11,6 +11,7 @@ from fastavro.read import SchemaResolutionError
 from fastavro.schema import SchemaParseException, parse_schema
 
 from bus.errors import (
+    BadHeaderError,
     EventDecodeError,
     EventValidationError,
     SchemaRegistryError,
@@ -248,8 +249,14 @@ def event_of_headers(
     key: bytes | None, headers: Sequence[tuple[str, bytes]]
 ) -> tuple[Event, dict[str, str]]:
     """The event a record's key and headers describe, its data left undecoded (empty), and its
-    trace context: what a flow with `decode: false` works on."""
+    trace context: what a flow with `decode: false` works on. Its outputs say their value is
+    Avro, so a record that says otherwise is refused here, as decoding would refuse it."""
     attributes, trace = cloudevents.from_headers(headers)
+    if attributes.content_type not in (None, cloudevents.AVRO_CONTENT_TYPE):
+        raise BadHeaderError(
+            f"content-type is {attributes.content_type!r}; bus events are "
+            f"{cloudevents.AVRO_CONTENT_TYPE}, and a flow that does not decode passes on only those"
+        )
     event = Event(
         type=attributes.type,
         data={},

@@ -10,7 +10,7 @@ import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 
-from bus.errors import BusError, SchemaRegistryError, TransientDeliveryError
+from bus.errors import BusError, EventDecodeError, SchemaRegistryError, TransientDeliveryError
 from bus.events.codec import DecodedEvent, EventCodec, KafkaRecord, event_of_headers, record_of
 from bus.events.event import Event, now
 from bus.events.lineage import child_extensions
@@ -168,6 +168,11 @@ class FlowProcessor:
 
     def _read_headers(self, record: InputRecord, scope: HopScope) -> tuple[Event, dict[str, str]]:
         try:
+            if not record.value:  # decoding would refuse it too; a delete is not an event
+                raise EventDecodeError(
+                    "the record has no value (a tombstone?); an event has data, so a flow passes "
+                    "on only records with a value"
+                )
             event, trace = event_of_headers(record.key, record.headers)
         except BusError as error:
             scope.event_from_headers(record.headers)

@@ -63,6 +63,7 @@ from prometheus_client import (
     ProcessCollector,
     generate_latest,
 )
+from prometheus_client import metrics as client_metrics
 from prometheus_client.core import (
     CounterMetricFamily,
     GaugeMetricFamily,
@@ -296,7 +297,9 @@ class _ItemCollector(Collector):
         )
         for kind, flows in self._items.items():
             for flow, series in flows.items():
-                labels, created = (flow, kind), series.created
+                labels = (flow, kind)
+                # As prometheus_client's own series: none when PROMETHEUS_DISABLE_CREATED_SERIES.
+                created = series.created if client_metrics._use_created else None
                 events_in.add_metric(labels, series.events_in, created=created)
                 events_out.add_metric(labels, series.events_out, created=created)
                 failed.add_metric(labels, series.failed, created=created)
@@ -350,9 +353,14 @@ class _ItemCollector(Collector):
 
 
 def _add_histogram(
-    family: HistogramMetricFamily, labels: tuple[str, str], buckets: _Buckets, created: float
+    family: HistogramMetricFamily,
+    labels: tuple[str, str],
+    buckets: _Buckets,
+    created: float | None,
 ) -> None:
     family.add_metric(list(labels), buckets.cumulative(), buckets.sum)
+    if created is None:
+        return
     named = dict(zip(_ITEM_LABELS, labels, strict=True))
     family.add_sample(f"{family.name}_created", named, created)
 
