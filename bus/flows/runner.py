@@ -26,7 +26,7 @@ time spent on the record alone.
 import asyncio
 import logging
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any, Literal
 
@@ -36,6 +36,7 @@ from bus.errors import BusError
 from bus.flows.dead_letters import InputRecord
 from bus.flows.model import consumer_group
 from bus.flows.processor import FlowProcessor, Output
+from bus.kafka_batches import Placed, Write, send_batched
 from bus.kafka_clients import durable_producer, group_consumer
 from bus.telemetry import hop as hops
 from bus.telemetry.hop_scope import HopScope
@@ -50,6 +51,9 @@ Guarantee = Literal["at-least-once", "exactly-once"]
 # owners would write its outputs.
 BATCH_DEADLINE_S = 40.0  # < REBALANCE_TIMEOUT_MS (bus.kafka_clients)
 TRANSACTION_TIMEOUT_MS = 60_000
+# One Kafka batch per output partition per batch of records (aiokafka's default is 16 KiB: 16
+# one-kilobyte records); below the broker's default message.max.bytes of 1 MiB.
+OUTPUT_BATCH_BYTES = 512 * 1024
 
 
 class BatchTooSlowError(BusError):
@@ -71,19 +75,19 @@ class FlowPlan:
         return consumer_group(self.name)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class _Sent:
-    """A record's hop, and its writes on their way to Kafka."""
+    """A record's hop, and its writes on their way to Kafka (`places`, once queued)."""
 
     scope: HopScope
     writes: list[Output]
-    acks: list[asyncio.Future[Any]]
+    places: list[Placed] = field(default_factory=list)
 
     def committed(self) -> None:
         """Every write is acknowledged and committed: the hop ends, saying where they landed."""
         self.scope.hop.outputs = [
-            hops.Output(write.event_id, write.topic, ack.result().partition, ack.result().offset)
-            for write, ack in zip(self.writes, self.acks, strict=True)
+            hops.Output(write.event_id, write.topic, place.partition, place.offset)
+            for write, place in zip(self.writes, self.places, strict=True)
         ]
         self.scope.end()
 
@@ -145,7 +149,9 @@ class FlowRunner:
         )
         consumer.subscribe(list(self.plan.sources), listener=listener)
         # linger: the outputs of a batch travel together instead of one request each.
-        producer = durable_producer(self.bootstrap_servers, linger_ms=5)
+        producer = durable_producer(
+            self.bootstrap_servers, linger_ms=5, max_batch_size=OUTPUT_BATCH_BYTES
+        )
         if not exactly_once:
             await producer.start()
         try:
@@ -204,21 +210,36 @@ class FlowRunner:
         batch: dict[TopicPartition, list[Any]],
         sent: list[_Sent],
     ) -> None:
-        """Send every output of the batch, each record's into `sent` (whose hops the caller
-        ends after the commit), and wait until Kafka acknowledged them all."""
+        """Process the batch and send every output, each record's into `sent` (whose hops the
+        caller ends after the commit), and wait until Kafka acknowledged them all. The outputs
+        go once the whole batch is processed, one Kafka batch per partition (bus.kafka_batches),
+        each input partition's in order."""
+        handled: list[_Sent] = []
 
         async def partition_in_order(records: list[Any]) -> None:
             for record in records:
-                sent.append(await self._send_outcome(producer, record))
+                handled.append(await self._outcome(record))
 
         # A task group: when one partition fails, the others stop too, rather than going on
-        # calling lookups and sending while the flow restarts.
-        async with asyncio.TaskGroup() as partitions:
-            for records in batch.values():
-                partitions.create_task(partition_in_order(records))
-        await asyncio.gather(*(ack for one in sent for ack in one.acks))
+        # calling lookups while the flow restarts.
+        try:
+            async with asyncio.TaskGroup() as partitions:
+                for records in batch.values():
+                    partitions.create_task(partition_in_order(records))
+        finally:
+            sent.extend(handled)  # their hops end with the commit, or as failed without it
+        writes = [
+            Write(write.topic, write.record.key, write.record.value, write.record.headers)
+            for one in handled
+            for write in one.writes
+        ]
+        places = iter(await send_batched(producer, writes))
+        for one in handled:
+            one.places = [next(places) for _ in one.writes]
+        batches = {id(place.ack): place.ack for one in handled for place in one.places}
+        await asyncio.gather(*batches.values())
 
-    async def _send_outcome(self, producer: AIOKafkaProducer, consumed: Any) -> _Sent:
+    async def _outcome(self, consumed: Any) -> _Sent:
         record = InputRecord(
             topic=consumed.topic,
             partition=consumed.partition,
@@ -241,16 +262,7 @@ class FlowRunner:
                     self.plan.name, record.topic, record.partition, record.offset,
                     reason.step, reason.error_type, reason.error,
                 )  # fmt: skip
-            acks = [
-                await producer.send(
-                    write.topic,
-                    write.record.value,
-                    key=write.record.key,
-                    headers=list(write.record.headers),
-                )
-                for write in handled.writes
-            ]
-        return _Sent(scope, handled.writes, acks)
+        return _Sent(scope, handled.writes)
 
 
 def _next_offsets(batch: dict[TopicPartition, list[Any]]) -> dict[TopicPartition, int]:
@@ -280,6 +292,7 @@ class _PartitionProducers:
                     transactional_id=f"bus.{self._flow}.{partition.topic}.{partition.partition}",
                     transaction_timeout_ms=TRANSACTION_TIMEOUT_MS,
                     linger_ms=5,
+                    max_batch_size=OUTPUT_BATCH_BYTES,
                 )
                 await producer.start()
                 self._producers[partition] = producer
