@@ -49,6 +49,9 @@ class Pipe:
     # The share of ctx.events a run reads: a subject that awaits each record's publish and
     # commit runs tens of times slower; fewer records keep its runs as long as the others'.
     share: float = 1.0
+    # Processes of the subject in one consumer group (they share the partitions): scaling out,
+    # as docs/flows.md#scaling-out says to. CPU is their sum, peak RSS the largest one's.
+    processes: int = 1
 
     def events(self, ctx: BenchContext) -> int:
         return max(1, int(ctx.events * self.share))
@@ -81,6 +84,12 @@ PIPES = {
             "bus-mediation",
             "bus flow: decode, 2 filters, transform to CustomerUpsertRequest, route, at-least-once",
             flow=mediation_flow,
+        ),
+        Pipe(
+            "bus-mediation-2proc",
+            "the bus-mediation flow in two `bus run` processes of one group (3 partitions each)",
+            flow=mediation_flow,
+            processes=2,
         ),
         Pipe(
             "bus-mediation-eos",
@@ -236,21 +245,28 @@ async def one_run(
 ) -> tuple[Run, dict[str, bool]]:
     """One repetition on preloaded `topics`: the Run and the subject's fast paths."""
     argv, group, env = command(ctx, pipe, topics)
-    subject = Subject(argv, log=ctx.log(pipe.name), env=env)
+    subjects = [Subject(argv, log=ctx.log(pipe.name), env=env) for _ in range(pipe.processes)]
+    subject = subjects[0]
+
+    def cpu_seconds() -> float:
+        return sum(one.cpu_seconds() for one in subjects)
+
     try:
-        async with admin_client(ctx.bootstrap) as admin, subject:
-            progress = Progress(subject, admin, group, topics.source)
+        async with admin_client(ctx.bootstrap) as admin, contextlib.AsyncExitStack() as stack:
+            for one in subjects:
+                await stack.enter_async_context(one)
+            progress = Progress(subjects, admin, group, topics.source)
             launched = time.perf_counter()
             start = await progress.reach(events * START_FRACTION, START_WITHIN_S)
-            cpu_start = subject.cpu_seconds()
+            cpu_start = cpu_seconds()
             end = await progress.reach(events, STALL_S, since=start[1])
-            cpu = subject.cpu_seconds() - cpu_start
-            rss, paths = subject.peak_rss_mb(), subject.fast_paths()
+            cpu = cpu_seconds() - cpu_start
+            rss, paths = max(one.peak_rss_mb() for one in subjects), subject.fast_paths()
             stopping = time.perf_counter()
-            code = await subject.stop()
+            codes = [await one.stop() for one in subjects]
             stopped = time.perf_counter()
-        if code != 0:
-            raise SubjectFailedError(f"exited {code} after SIGTERM")
+        if any(codes):
+            raise SubjectFailedError(f"exited {codes} after SIGTERM")
         outputs = await check_outputs(ctx, pipe, topics, events)
     except Exception as error:
         raise ScenarioError(
@@ -278,7 +294,7 @@ async def one_run(
 class Progress:
     """The subject's consumer group's committed offsets on the input topic."""
 
-    subject: Subject
+    subjects: list[Subject]
     admin: AIOKafkaAdminClient
     group: str
     topic: str
@@ -291,7 +307,8 @@ class Progress:
         exits or nothing moves for `stall` seconds."""
         last_change, last = time.perf_counter(), since
         while True:
-            self.subject.check_alive()
+            for subject in self.subjects:
+                subject.check_alive()
             done = await self.committed()
             now = time.perf_counter()
             if done >= target:
@@ -370,7 +387,7 @@ async def soak(ctx: BenchContext, rate: float, seconds: float) -> ScenarioResult
     series: list[tuple[float, float]] = []
     try:
         async with admin_client(ctx.bootstrap) as admin, subject:
-            progress = Progress(subject, admin, group, topics.source)
+            progress = Progress([subject], admin, group, topics.source)
             load = asyncio.create_task(preload(ctx, [topics.source], events, rate=rate))
             started, cpu_start = time.perf_counter(), subject.cpu_seconds()
             while not load.done():

@@ -26,6 +26,8 @@ RATE_RATIOS: list[tuple[str, str, str, float | None]] = [
     ("bus-mediation / faststream-each", "bus-mediation", "faststream-each", None),
     ("bus-mediation / faststream-batch", "bus-mediation", "faststream-batch", None),
     ("bus-mediation-eos / bus-mediation", "bus-mediation-eos", "bus-mediation", 0.5),
+    ("bus-mediation-2proc / bus-mediation", "bus-mediation-2proc", "bus-mediation", None),
+    ("bus-mediation-2proc / raw-avro-pipe", "bus-mediation-2proc", "raw-avro-pipe", None),
     ("bus-ingest / raw-ingest", "bus-ingest", "raw-ingest", 0.7),
 ]
 FASTER_FASTSTREAM = "bus-mediation / faststream (faster idiom)"
