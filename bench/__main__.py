@@ -167,6 +167,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         names.remove("soak")
         skipped["soak"] = "full mode only"
     work_dir = Path(tempfile.mkdtemp(prefix="bench-"))
+    print(f"bench: subjects' flow files and logs in {work_dir / 'subjects'}", file=sys.stderr)
     bootstrap = arguments.kafka or os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
     broker = None if bootstrap else start_broker(work_dir / "kafka")
     try:
