@@ -20,7 +20,7 @@ help:
 	@echo "make test   set up, lint, and run the whole test suite against a real Kafka broker"
 	@echo "make lint   ruff and mypy --strict"
 	@echo "make bench  throughput, latency and memory against the raw limits and FastStream (the soak alone: 10 min;"
-	@echo "           QUICK=1: under 2 minutes): bench/results.json and bench/results.md"
+	@echo "           QUICK=1: under 2 minutes, into bench/results-partial.*): bench/results.json and .md"
 	@echo "make bench-tracing   what tracing and journeys cost a mediation flow (a few minutes)"
 	@echo "make kafka-start | kafka-stop | kafka-status   the local development broker"
 	@echo "make lock   re-resolve uv.lock after editing dependencies;  make clean   remove .venv .tools .bus"

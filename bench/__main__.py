@@ -1,7 +1,7 @@
 """`make bench`: throughput, latency and memory of bus against the hand-written limits and
 FastStream, on one broker, in one run, with the ratios between them.
 
-    python -m bench [--quick] [--only NAME ...] [--out bench/results.json] [--events N]
+    python -m bench [--quick] [--only NAME ...] [--out FILE.json] [--events N]
                     [--repeat N] [--kafka BOOTSTRAP]
 
 Starts a broker of its own on free ports (unless --kafka or KAFKA_BOOTSTRAP_SERVERS), runs the
@@ -126,7 +126,12 @@ def parse(argv: Sequence[str] | None = None) -> argparse.Namespace:
         metavar="NAME",
         help=f"run only this scenario (repeatable): {', '.join(SCENARIOS)}",
     )
-    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results.json")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        help="the JSON (the table goes beside it as .md) [default: bench/results.json; with "
+        "--quick or --only, bench/results-partial.json, so the full run's file stays]",
+    )
     parser.add_argument(
         "--events", type=int, help=f"records per pipe run ({FULL_EVENTS:,}; quick {QUICK_EVENTS:,})"
     )
@@ -196,6 +201,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         **measured,
         "skipped": skipped,
     }
+    if arguments.out is None:
+        partial = quick or arguments.only
+        arguments.out = ROOT / "bench" / ("results-partial.json" if partial else "results.json")
     arguments.out.parent.mkdir(parents=True, exist_ok=True)
     arguments.out.write_text(json.dumps(report, indent=2) + "\n")
     text = table(report)
