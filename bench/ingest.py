@@ -28,7 +28,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from bench.context import BenchContext
 from bench.measure import ROOT, Run, ScenarioResult, Subject, python
-from bench.workload import PARTITIONS, mediation_flow
+from bench.workload import PARTITIONS, QUIET, mediation_flow
 from bus.flows.model import default_dlq
 from bus.processes import free_ports
 
@@ -86,14 +86,6 @@ inbound:
         tags: body.customer.tags
         changedAt: body.occurred_at
     topic: {topic}
-"""
-
-
-QUIET = """
-observability:
-  tracing: {exporter: none}
-  journeys: {enabled: false}
-  logs: {level: warning}
 """
 
 
