@@ -126,6 +126,9 @@ async def stream_with_kills(
         await asyncio.sleep(random.uniform(0.5, 2.0))  # noqa: S311 -- a moment, not a secret
         process.kill()
     last = BusProcess(flow, bootstrap_servers, log, **env)
+    # Running before it is stopped: the earlier runs may have done all the work already, and a
+    # SIGTERM while it still imports would end it by the signal, before it could stop cleanly.
+    await last.wait_until_running()
     inputs = await publishing
     parents = await parents_in(bootstrap_servers, sink, count)
     assert await asyncio.to_thread(last.terminate) == 0, "see bus.log in tmp_path"
