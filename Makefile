@@ -55,7 +55,7 @@ bench: kafka-jars
 	$(VENV)/bin/python -m bench $(if $(QUICK),--quick)
 
 bench-tracing: kafka-jars
-	$(VENV)/bin/python bench/tracing_overhead.py
+	$(VENV)/bin/python -m bench.tracing_overhead
 
 kafka-start: kafka-jars
 	$(BUS) kafka start

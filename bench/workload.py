@@ -132,9 +132,17 @@ def mediation_flow(
     *, name: str, source: str, eu_topic: str, us_topic: str, guarantee: str = "at-least-once"
 ) -> str:
     """bus's flow file for the mediation: decode, two filters, transform, route."""
-    return (
-        QUIET
-        + f"""
+    return QUIET + mediation_block(
+        name=name, source=source, eu_topic=eu_topic, us_topic=us_topic, guarantee=guarantee
+    )
+
+
+def mediation_block(
+    *, name: str, source: str, eu_topic: str, us_topic: str, guarantee: str = "at-least-once"
+) -> str:
+    """The `mediation:` section of `mediation_flow`, for a file with observability of its own
+    (bench/tracing_overhead.py)."""
+    return f"""
 mediation:
   - name: {name}
     from: {source}
@@ -158,7 +166,6 @@ mediation:
               to: {us_topic}
             - otherwise: {eu_topic}
 """
-    )
 
 
 def passthrough_flow(*, name: str, source: str, eu_topic: str, us_topic: str) -> str:
