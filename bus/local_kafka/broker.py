@@ -84,6 +84,8 @@ class LocalKafka:
     heap: str = "1g"
     # Tests set this so that a killed test run cannot leave a broker behind.
     die_with_parent: bool = False
+    # The nodes of one cluster share it; a lone broker makes up its own when it formats.
+    cluster_id: str | None = None
     notes: list[str] = field(default_factory=list)
 
     @property
@@ -171,7 +173,7 @@ class LocalKafka:
             f"{libs}/*",
         ]
         if not (self.data_dir / "meta.properties").exists():
-            cluster_id = new_cluster_id()
+            cluster_id = self.cluster_id or new_cluster_id()
             formatted = subprocess.run(
                 [
                     *classpath,
