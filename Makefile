@@ -12,12 +12,14 @@ SOURCES := bus adapters tests bench examples
 
 export UV_PYTHON_DOWNLOADS := never
 
-.PHONY: help setup kafka-jars run test lint bench bench-tracing kafka-start kafka-stop kafka-status lock clean
+.PHONY: help setup kafka-jars run test chaos lint bench bench-tracing kafka-start kafka-stop kafka-status lock clean
 
 help:
 	@echo "make run    the demo: Kafka (local unless KAFKA_BOOTSTRAP_SERVERS), the demo systems, bus run on examples/flows,"
 	@echo "           a steady load and a live view; Ctrl-C drains, stops all and prints the summary (ARGS=\"--help\")"
 	@echo "make test   set up, lint, and run the whole test suite against a real Kafka broker"
+	@echo "make chaos  the long fault runs (worker crashes, broker restarts, a 3-broker cluster, outages):"
+	@echo "           counts into .bus/chaos-results.json, quoted in docs/reliability.md"
 	@echo "make lint   ruff and mypy --strict"
 	@echo "make bench  throughput, latency and memory against the raw limits and FastStream (the soak alone: 10 min;"
 	@echo "           QUICK=1: under 2 minutes, into bench/results-partial.*): bench/results.json and .md"
@@ -50,6 +52,9 @@ lint: setup
 
 test: lint kafka-jars
 	$(VENV)/bin/pytest
+
+chaos: kafka-jars
+	$(VENV)/bin/pytest tests/chaos -m chaos --timeout 900
 
 bench: kafka-jars
 	$(VENV)/bin/python -m bench $(if $(QUICK),--quick)
