@@ -28,6 +28,7 @@ from bus.flows.loading import load_flow_files
 from bus.flows.model import FlowSet, default_dlq
 from bus.flows.runtime import run_flows, select
 from bus.flows.validation import flow_file_json_schema
+from bus.kafka_security import PLAINTEXT
 from bus.local_kafka import local_kafka_from
 from bus.local_kafka.readiness import answers_metadata
 from bus.telemetry.hub import Telemetry
@@ -421,7 +422,8 @@ def status() -> None:
     if not current.running:
         click.echo(f"not running (state in {broker.state_dir})")
         sys.exit(EXIT_NOT_RUNNING)
-    answering = asyncio.run(answers_metadata(current.bootstrap_servers))
+    # The local broker's client port is PLAINTEXT, whatever KAFKA_SECURITY_PROTOCOL says.
+    answering = asyncio.run(answers_metadata(current.bootstrap_servers, security=PLAINTEXT))
     click.echo(
         f"running (pid {current.pid}) at {current.bootstrap_servers}"
         + ("" if answering else ", but not answering metadata requests yet")

@@ -44,9 +44,11 @@ def settings_for(flows: FlowSet, settings: BusSettings) -> BusSettings:
 
 
 async def reachable_kafka(settings: BusSettings, say: Callable[[str], None] = say) -> str:
-    """The bootstrap servers, once they answer (the local broker started if none is set)."""
+    """The bootstrap servers, once they answer (the local broker started if none is set). A
+    broker that refuses the connection's security (KAFKA_SECURITY_PROTOCOL, SASL, TLS) is
+    KafkaAuthenticationError at once, never a retry loop."""
     bootstrap = await bootstrap_servers_for(settings, say=say)
-    if not await answers_metadata(bootstrap, within=10.0):
+    if not await answers_metadata(bootstrap, within=10.0, strict=True):
         raise BusError(
             f"Kafka at {bootstrap} does not answer a metadata request; check that the cluster "
             "runs and that KAFKA_BOOTSTRAP_SERVERS names it, or unset it to use the local broker"

@@ -153,3 +153,10 @@ class NotReplayableError(BusError):
 class JourneyTopicMissingError(BusError):
     """The journey topic asked for does not exist: nothing with journeys enabled wrote to this
     cluster yet, or another topic was meant."""
+
+
+class KafkaAuthenticationError(ConfigError):
+    """Kafka refused this process's connection for its security settings: wrong SASL
+    credentials or mechanism, a broker certificate that is not trusted or not for that address,
+    or TLS spoken to a plaintext listener (or the other way round). Trying again cannot help;
+    the message says what failed, at which address, and which KAFKA_* variables to fix."""

@@ -10,8 +10,8 @@ import asyncio
 from collections.abc import AsyncGenerator
 
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient
 
+from bus import kafka_clients
 from bus.errors import KafkaUnavailableError
 
 STALL_S = 15.0  # how long a read may get no records while some are known to be left
@@ -22,7 +22,7 @@ Ranges = dict[TopicPartition, tuple[int, int]]  # partition: [first offset, end 
 
 async def topic_partitions(bootstrap_servers: str, topic: str) -> list[TopicPartition]:
     """The topic's partitions, in number order; none if the topic does not exist."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers)
+    admin = kafka_clients.admin_client(bootstrap_servers)
     try:
         await admin.start()
         [described] = await admin.describe_topics([topic])

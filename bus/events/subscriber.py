@@ -5,8 +5,9 @@ from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any, Self
 
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import TopicPartition
 
+from bus import kafka_clients
 from bus.errors import EventDecodeError
 from bus.events.catalog import SchemaCatalog, SchemaVersion
 from bus.events.codec import EventCodec, SchemaIds
@@ -58,7 +59,7 @@ class Subscriber:
             **consumer_options,
             "enable_auto_commit": False,
         }
-        self._consumer = AIOKafkaConsumer(
+        self._consumer = kafka_clients.consumer(
             *topics, bootstrap_servers=bootstrap_servers, group_id=group_id, **options
         )
 

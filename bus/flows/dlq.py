@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 from aiokafka.errors import KafkaError
 
+from bus import kafka_clients
 from bus.errors import (
     DeadLetterNotFoundError,
     DeadLetterTopicMissingError,
@@ -151,7 +152,7 @@ async def _reader(
 ) -> AsyncIterator[tuple[AIOKafkaConsumer, list[TopicPartition]]]:
     """A started consumer and the topic's partitions; with `group`, the consumer can tell where
     the last replay-all stopped. Kafka failing, here or in the body, is KafkaUnavailableError."""
-    consumer = AIOKafkaConsumer(
+    consumer = kafka_clients.consumer(
         bootstrap_servers=bootstrap_servers,
         group_id=replay_group(topic) if group else None,
         enable_auto_commit=False,
@@ -207,7 +208,7 @@ async def mark_replayed(bootstrap_servers: str, letters: Sequence[StoredLetter])
     if not letters:
         return
     topic = letters[0].topic
-    consumer = AIOKafkaConsumer(
+    consumer = kafka_clients.consumer(
         bootstrap_servers=bootstrap_servers, group_id=replay_group(topic), enable_auto_commit=False
     )
     last: dict[TopicPartition, int] = {}

@@ -32,6 +32,7 @@ from typing import Any, Literal
 
 from aiokafka import AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
 
+from bus import kafka_clients
 from bus.errors import BusError
 from bus.flows.dead_letters import InputRecord
 from bus.flows.model import consumer_group
@@ -287,7 +288,7 @@ class _PartitionProducers:
         async with self._creating:
             producer = self._producers.get(partition)
             if producer is None:
-                producer = AIOKafkaProducer(
+                producer = kafka_clients.producer(
                     bootstrap_servers=self._bootstrap_servers,
                     transactional_id=f"bus.{self._flow}.{partition.topic}.{partition.partition}",
                     transaction_timeout_ms=TRANSACTION_TIMEOUT_MS,

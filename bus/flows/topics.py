@@ -2,9 +2,10 @@
 
 from collections.abc import Iterable
 
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.admin import NewTopic
 from aiokafka.errors import KafkaError, TopicAlreadyExistsError
 
+from bus import kafka_clients
 from bus.errors import ConfigError
 
 
@@ -16,7 +17,7 @@ async def ensure_topics(
 ) -> list[str]:
     """Create the missing topics; return their names. Without a replication factor, use as many
     replicas as the cluster has brokers, up to 3."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers)
+    admin = kafka_clients.admin_client(bootstrap_servers)
     await admin.start()
     try:
         existing = set(await admin.list_topics())

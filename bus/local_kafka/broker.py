@@ -18,10 +18,12 @@ import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import psutil
 
 from bus.errors import BrokerAlreadyRunningError, BrokerNotRunningError, BrokerStartError
+from bus.kafka_security import PLAINTEXT
 from bus.local_kafka.distribution import KafkaDistribution, find_java
 from bus.local_kafka.readiness import answers_metadata
 from bus.processes import die_with_parent, port_is_free
@@ -65,6 +67,49 @@ def single_node_properties(client_port: int, controller_port: int, log_dir: Path
 
 
 @dataclass(frozen=True)
+class SecureListener:
+    """A SASL_SSL client listener beside the PLAINTEXT one (which stays the inter-broker
+    listener): TLS from one PEM file, and SCRAM users created when the storage is formatted.
+
+    `keystore` holds the broker's private key in PKCS#8 PEM (`BEGIN PRIVATE KEY`, or `BEGIN
+    ENCRYPTED PRIVATE KEY` with `key_password`) followed by its certificate chain; Kafka's PEM
+    key store takes no other key format (not `BEGIN EC PRIVATE KEY` or `BEGIN RSA ...`).
+    Users are added only when the data directory is first formatted.
+    """
+
+    port: int
+    keystore: Path
+    users: Mapping[str, str]  # name: password
+    mechanism: Literal["SCRAM-SHA-256", "SCRAM-SHA-512"] = "SCRAM-SHA-512"
+    key_password: str | None = None
+
+
+def secure_listener_properties(
+    properties: Mapping[str, str], listener: SecureListener
+) -> dict[str, str]:
+    """`properties` with the SASL_SSL listener added to the PLAINTEXT and CONTROLLER ones."""
+    address = f"SASL_SSL://127.0.0.1:{listener.port}"
+    prefix = "listener.name.sasl_ssl."
+    mechanism = listener.mechanism.lower()
+    added = {
+        "listeners": f"{properties['listeners']},{address}",
+        "advertised.listeners": f"{properties['advertised.listeners']},{address}",
+        "listener.security.protocol.map": (
+            f"{properties['listener.security.protocol.map']},SASL_SSL:SASL_SSL"
+        ),
+        f"{prefix}sasl.enabled.mechanisms": listener.mechanism,
+        f"{prefix}{mechanism}.sasl.jaas.config": (
+            "org.apache.kafka.common.security.scram.ScramLoginModule required;"
+        ),
+        f"{prefix}ssl.keystore.type": "PEM",
+        f"{prefix}ssl.keystore.location": str(listener.keystore),
+    }
+    if listener.key_password is not None:
+        added[f"{prefix}ssl.key.password"] = listener.key_password
+    return {**properties, **added}
+
+
+@dataclass(frozen=True)
 class BrokerStatus:
     running: bool
     pid: int | None
@@ -86,11 +131,20 @@ class LocalKafka:
     die_with_parent: bool = False
     # The nodes of one cluster share it; a lone broker makes up its own when it formats.
     cluster_id: str | None = None
+    # A SASL_SSL listener for clients, besides the PLAINTEXT one (tests of Kafka security).
+    secure: SecureListener | None = None
     notes: list[str] = field(default_factory=list)
 
     @property
     def bootstrap_servers(self) -> str:
         return f"127.0.0.1:{self.client_port}"
+
+    @property
+    def secure_bootstrap_servers(self) -> str:
+        """The SASL_SSL listener's address (ValueError if the broker has none)."""
+        if self.secure is None:
+            raise ValueError("this broker has no secure listener")
+        return f"127.0.0.1:{self.secure.port}"
 
     @property
     def properties_file(self) -> Path:
@@ -154,7 +208,10 @@ class LocalKafka:
         """Everything before launch that blocks: Java, jars, free ports, config and format."""
         java = find_java()
         libs = self.distribution.ensure()
-        for port in (self.client_port, self.controller_port):
+        ports = [self.client_port, self.controller_port]
+        if self.secure is not None:
+            ports.append(self.secure.port)
+        for port in ports:
             if not port_is_free(port):
                 raise BrokerStartError(
                     f"port {port} on 127.0.0.1 is taken by another process, so the local broker "
@@ -162,6 +219,8 @@ class LocalKafka:
                     "BUS_KAFKA_PORT and BUS_KAFKA_CONTROLLER_PORT"
                 )
         properties = single_node_properties(self.client_port, self.controller_port, self.data_dir)
+        if self.secure is not None:
+            properties = secure_listener_properties(properties, self.secure)
         properties.update(self.overrides)
         self.properties_file.write_text(
             "".join(f"{key}={value}\n" for key, value in properties.items())
@@ -183,6 +242,7 @@ class LocalKafka:
                     cluster_id,
                     "--config",
                     str(self.properties_file),
+                    *self._scram_users(),
                 ],
                 capture_output=True,
                 text=True,
@@ -203,6 +263,16 @@ class LocalKafka:
             *classpath[1:],
             "kafka.Kafka",
             str(self.properties_file),
+        ]
+
+    def _scram_users(self) -> list[str]:
+        if self.secure is None:
+            return []
+        mechanism = self.secure.mechanism
+        return [
+            argument
+            for name, password in self.secure.users.items()
+            for argument in ("--add-scram", f"{mechanism}=[name={name},password={password}]")
         ]
 
     def _launch(self, command: list[str]) -> "subprocess.Popen[bytes]":
@@ -228,7 +298,8 @@ class LocalKafka:
             if process.poll() is not None:
                 exited = f"the broker exited with code {process.returncode}"
                 raise BrokerStartError(self._failure(exited))
-            if await answers_metadata(self.bootstrap_servers):
+            # The client port is PLAINTEXT whatever the process's KAFKA_SECURITY_* say.
+            if await answers_metadata(self.bootstrap_servers, security=PLAINTEXT):
                 return
             if time.monotonic() > deadline:
                 silent = (

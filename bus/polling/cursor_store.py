@@ -27,11 +27,12 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Self
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from aiokafka.errors import KafkaError, TopicAlreadyExistsError
 
+from bus import kafka_clients
 from bus.errors import BusError
 from bus.events.cloudevents import format_time
 from bus.flows.dead_letters import now
@@ -194,7 +195,7 @@ class CursorStore:
     async def ensure_topic(self) -> bool:
         """Create the topic, compacted, unless it exists; True if it was created. An existing
         topic that is not compacted is used all the same, with a warning."""
-        admin = AIOKafkaAdminClient(bootstrap_servers=self.bootstrap_servers)
+        admin = kafka_clients.admin_client(self.bootstrap_servers)
         try:
             await admin.start()
             if self.topic in set(await admin.list_topics()):
@@ -250,7 +251,7 @@ class CursorStore:
         """The latest committed cursor of `poller`, reading the topic to its end as a
         read_committed reader; None if it has none (never saved, or forgotten)."""
         key = poller.encode()
-        consumer = AIOKafkaConsumer(
+        consumer = kafka_clients.consumer(
             bootstrap_servers=self.bootstrap_servers,
             enable_auto_commit=False,
             isolation_level="read_committed",
@@ -296,7 +297,7 @@ class CursorStore:
             ) from error
 
     async def _partitions(self) -> set[int]:
-        admin = AIOKafkaAdminClient(bootstrap_servers=self.bootstrap_servers)
+        admin = kafka_clients.admin_client(self.bootstrap_servers)
         try:
             await admin.start()
             [described] = await admin.describe_topics([self.topic])
@@ -320,9 +321,7 @@ class CursorStore:
         await self._write(poller.encode(), None)
 
     async def _write(self, key: bytes, value: bytes | None) -> None:
-        producer = AIOKafkaProducer(
-            bootstrap_servers=self.bootstrap_servers, acks="all", enable_idempotence=True
-        )
+        producer = kafka_clients.durable_producer(self.bootstrap_servers)
         try:
             await producer.start()
             await producer.send_and_wait(self.topic, value, key=key)

@@ -47,6 +47,7 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.errors import ProducerFenced
 from aiokafka.structs import RecordMetadata
 
+from bus import kafka_clients
 from bus.errors import BusError, EventValidationError
 from bus.events.catalog import SchemaCatalog
 from bus.events.codec import EventCodec, KafkaRecord
@@ -335,7 +336,7 @@ class Poller:
     async def _session(self, stop: asyncio.Event) -> None:
         loop = asyncio.get_running_loop()
         await self.store.ensure_topic()
-        producer = AIOKafkaProducer(
+        producer = kafka_clients.producer(
             bootstrap_servers=self.bootstrap_servers,
             transactional_id=self.transactional_id,
             transaction_timeout_ms=TRANSACTION_TIMEOUT_MS,

@@ -17,6 +17,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import KafkaError
 from aiokafka.partitioner import DefaultPartitioner
 
+from bus import kafka_clients
 from bus.errors import JourneyTopicMissingError, KafkaUnavailableError
 from bus.kafka_topics import Ranges, scan, topic_partitions
 from bus.telemetry.journey_record import decode, names
@@ -29,7 +30,7 @@ async def read_journey(
     """The journey that `event_id` is part of (as its root, or anywhere in it); None when no
     record of the topic names it. With `since`, only records written from then on are read
     (faster on a long topic, but a journey's earlier hops are left out)."""
-    consumer = AIOKafkaConsumer(
+    consumer = kafka_clients.consumer(
         bootstrap_servers=bootstrap_servers,
         enable_auto_commit=False,
         auto_offset_reset="earliest",  # records deleted by retention meanwhile: go on after them

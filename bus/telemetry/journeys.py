@@ -14,9 +14,10 @@ from collections import deque
 from collections.abc import Callable
 
 from aiokafka import AIOKafkaProducer
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.admin import NewTopic
 from aiokafka.errors import KafkaError, TopicAlreadyExistsError
 
+from bus import kafka_clients
 from bus.errors import ConfigError
 from bus.flows.model import JourneySettings
 from bus.kafka_clients import durable_producer
@@ -184,7 +185,7 @@ class JourneyRecorder:
     async def _ensure_topic(self) -> None:
         """Create the journey topic unless it exists: time-based retention, deleted (never
         compacted: every record of a key is a hop, not a newer version of one)."""
-        admin = AIOKafkaAdminClient(bootstrap_servers=self.bootstrap_servers)
+        admin = kafka_clients.admin_client(self.bootstrap_servers)
         try:
             await admin.start()
             if self.topic in set(await admin.list_topics()):

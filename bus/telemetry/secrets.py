@@ -15,6 +15,7 @@ from urllib.parse import quote, quote_plus, urlsplit
 from pydantic import BaseModel, SecretStr
 
 from bus.flows.model import FlowSet
+from bus.kafka_security import kafka_security
 
 MASK = "***"
 MIN_SECRET_LENGTH = 4
@@ -58,9 +59,10 @@ def secrets_of(flows: FlowSet) -> set[str]:
     `password`, `token`, `client_secret`, an auth block's `key(s)` and `value`, the passwords
     of `users`, credential headers' values, and the password of any URL's `user:password@`.
     Names and secrets sent joined (`user:password`, `client_id:client_secret`) are included
-    joined too, as HTTP Basic sends them.
+    joined too, as HTTP Basic sends them. The Kafka connection's SASL and TLS key passwords
+    (KAFKA_SASL_PASSWORD(_FILE), KAFKA_SSL_KEY_PASSWORD(_FILE)) are the process's secrets too.
     """
-    found: set[str] = set(flows.observability.logs.redact)
+    found: set[str] = set(flows.observability.logs.redact) | kafka_security().secrets()
     for file in flows.files:
         _walk(file, "", in_auth=False, found=found)
     return {secret for secret in found if secret}
