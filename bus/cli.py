@@ -78,7 +78,8 @@ def run(files: tuple[Path, ...], only: tuple[str, ...], shutdown_grace: float) -
     SIGINT or SIGTERM.
 
     Kafka is the flow files' `kafka.bootstrap_servers`, else KAFKA_BOOTSTRAP_SERVERS, else the
-    local broker (started if needed).
+    local broker (started if needed). TLS and SASL: KAFKA_SECURITY_PROTOCOL, KAFKA_SASL_* and
+    KAFKA_SSL_* (docs/operations.md); a broker refusing them stops the run at once.
     """
     settings = load_settings()
     flows, catalog = checked_flows(files, settings)

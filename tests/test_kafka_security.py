@@ -17,6 +17,7 @@ import aiohttp
 import pytest
 import trustme
 from aiokafka.admin import NewTopic
+from aiokafka.errors import KafkaConnectionError
 from click.testing import CliRunner, Result
 from cryptography.hazmat.primitives import serialization
 
@@ -171,6 +172,16 @@ async def test_a_wrong_password_is_refused_at_once_without_showing_it(
     assert WRONG_PASSWORD not in caplog.text
     # Not strict (the admin API's readiness): the same refusal is "does not answer".
     assert not await answers_metadata(address, within=FAST, security=security)
+    # A client of the Python API is not caught in a retry loop either: start() gives up.
+    producer = kafka_clients.durable_producer(address, security=security)
+    started = time.monotonic()
+    try:
+        with pytest.raises(KafkaConnectionError):
+            await producer.start()
+    finally:
+        await producer.stop()
+    assert time.monotonic() - started < FAST
+    assert WRONG_PASSWORD not in caplog.text
 
 
 async def test_a_mechanism_the_listener_does_not_offer_is_named(

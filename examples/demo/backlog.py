@@ -10,9 +10,9 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from aiokafka import AIOKafkaConsumer, TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka import TopicPartition
 
+from bus import kafka_clients
 from bus.flows.loading import load_flow_files
 from bus.flows.model import consumer_group
 from bus.kafka_topics import topic_partitions
@@ -45,7 +45,7 @@ async def end_offsets(bootstrap_servers: str, topics: Iterable[str]) -> dict[Top
     ]
     if not partitions:
         return {}
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap_servers, enable_auto_commit=False)
+    consumer = kafka_clients.consumer(bootstrap_servers=bootstrap_servers, enable_auto_commit=False)
     await consumer.start()
     try:
         ends: dict[TopicPartition, int] = await consumer.end_offsets(partitions)
@@ -61,13 +61,13 @@ async def uncommitted(bootstrap_servers: str, items: Mapping[str, ItemTopics]) -
     )
     if not ends:
         return dict.fromkeys(items, 0)
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap_servers, enable_auto_commit=False)
+    consumer = kafka_clients.consumer(bootstrap_servers=bootstrap_servers, enable_auto_commit=False)
     await consumer.start()
     try:
         starts = await consumer.beginning_offsets(list(ends))
     finally:
         await consumer.stop()
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers)
+    admin = kafka_clients.admin_client(bootstrap_servers)
     await admin.start()
     try:
         left = {}

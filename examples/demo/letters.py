@@ -10,8 +10,9 @@ topic may be written in Kafka transactions.
 from collections.abc import Mapping
 from contextlib import aclosing
 
-from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
+from aiokafka import ConsumerRecord, TopicPartition
 
+from bus import kafka_clients
 from bus.errors import BadHeaderError
 from bus.events.cloudevents import from_headers
 from bus.flows.dead_letters import DeadLetter
@@ -38,7 +39,7 @@ async def letters_since(
     if not ranges:
         # Not even started: aiokafka fails to stop a consumer whose tasks never ran.
         return found
-    consumer = AIOKafkaConsumer(
+    consumer = kafka_clients.consumer(
         bootstrap_servers=bootstrap_servers,
         enable_auto_commit=False,
         isolation_level="read_committed",

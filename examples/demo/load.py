@@ -26,6 +26,7 @@ from typing import Any
 import aiohttp
 from aiokafka import AIOKafkaProducer
 
+from bus import kafka_clients
 from demo.shop import UNKNOWN_CURRENCY, Shop
 from demo.systems.webhooks import signature
 
@@ -258,9 +259,7 @@ class LoadDriver:
     async def _kafka_producer(self) -> AIOKafkaProducer:
         async with self._producer_lock:
             if self._producer is None:
-                producer = AIOKafkaProducer(
-                    bootstrap_servers=self.bootstrap_servers, acks="all", enable_idempotence=True
-                )
+                producer = kafka_clients.durable_producer(self.bootstrap_servers)
                 await producer.start()
                 self._producer = producer
             return self._producer
