@@ -28,6 +28,7 @@ from bus.flows.model import FlowSet
 from bus.kafka_security import KafkaSecurity, kafka_security, reset_kafka_security
 from bus.local_kafka import LocalKafka, SecureListener
 from bus.local_kafka.readiness import answers_metadata
+from bus.processes import free_ports
 from bus.telemetry.secrets import MASK, Redactor, secrets_of
 from tests.conftest import free_port, new_broker
 from tests.flow_harness import ROOT, bus_run_process, customer_webhook, decode, write_flow
@@ -40,38 +41,65 @@ FAST = 10.0  # seconds a refusal may take, on a loaded machine, instead of a ret
 
 @dataclasses.dataclass(frozen=True)
 class Tls:
-    ca: Path  # the CA that signed the broker's certificate
+    ca: Path  # the CA that signed the broker's certificate (and the client's)
     other_ca: Path  # a CA that did not
     keystore: Path  # the broker's PKCS#8 key and certificate chain
+    client_cert: Path  # a client certificate the mTLS listener accepts
+    client_key: Path
+    stranger_cert: Path  # one from the other CA, which it does not
+    stranger_key: Path
+
+
+def pkcs8(leaf: trustme.LeafCert) -> bytes:
+    """trustme writes the key as `BEGIN EC PRIVATE KEY`; Kafka's PEM key store reads PKCS#8."""
+    key = serialization.load_pem_private_key(leaf.private_key_pem.bytes(), password=None)
+    return key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
 
 
 @pytest.fixture(scope="module")
 def tls(tmp_path_factory: pytest.TempPathFactory) -> Tls:
     folder = tmp_path_factory.mktemp("tls")
-    ca = trustme.CA()
+    ca, other_ca = trustme.CA(), trustme.CA()
     leaf = ca.issue_cert("127.0.0.1")  # not "localhost": a name check can then fail
-    # trustme writes the key as `BEGIN EC PRIVATE KEY`; Kafka's PEM key store reads PKCS#8 only.
-    key = serialization.load_pem_private_key(leaf.private_key_pem.bytes(), password=None)
-    pkcs8 = key.private_bytes(
-        serialization.Encoding.PEM,
-        serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption(),
-    )
     keystore = folder / "broker.pem"
-    keystore.write_bytes(pkcs8 + b"".join(blob.bytes() for blob in leaf.cert_chain_pems))
+    keystore.write_bytes(pkcs8(leaf) + b"".join(blob.bytes() for blob in leaf.cert_chain_pems))
     ca.cert_pem.write_to_path(str(folder / "ca.pem"))
-    trustme.CA().cert_pem.write_to_path(str(folder / "other-ca.pem"))
-    return Tls(folder / "ca.pem", folder / "other-ca.pem", keystore)
+    other_ca.cert_pem.write_to_path(str(folder / "other-ca.pem"))
+    for name, issuer in (("client", ca), ("stranger", other_ca)):
+        client = issuer.issue_cert(f"bus-{name}")
+        client.cert_chain_pems[0].write_to_path(str(folder / f"{name}.pem"))
+        client.private_key_pem.write_to_path(str(folder / f"{name}.key"))
+    return Tls(
+        folder / "ca.pem",
+        folder / "other-ca.pem",
+        keystore,
+        folder / "client.pem",
+        folder / "client.key",
+        folder / "stranger.pem",
+        folder / "stranger.key",
+    )
 
 
 @pytest.fixture(scope="module")
 def secure_broker(tmp_path_factory: pytest.TempPathFactory, tls: Tls) -> Iterator[LocalKafka]:
-    """A broker with a SASL_SSL listener (SCRAM-SHA-512, user alice) beside its PLAINTEXT one."""
+    """A broker with a SASL_SSL listener (SCRAM-SHA-512, user alice) and an SSL listener that
+    asks for client certificates, beside its PLAINTEXT one."""
     broker = None
     for attempt in range(3):
+        port, mtls_port = free_ports(2)
         broker = dataclasses.replace(
             new_broker(tmp_path_factory.mktemp("secure-kafka")),
-            secure=SecureListener(port=free_port(), keystore=tls.keystore, users={USER: PASSWORD}),
+            secure=SecureListener(
+                port=port,
+                keystore=tls.keystore,
+                users={USER: PASSWORD},
+                mtls_port=mtls_port,
+                client_ca=tls.ca,
+            ),
         )
         try:
             asyncio.run(broker.start(ready_within=90.0))
@@ -148,6 +176,37 @@ async def test_clients_round_trip_over_sasl_ssl(
     bootstrap = secure_broker.secure_bootstrap_servers
     assert await answers_metadata(bootstrap, within=FAST, security=security, strict=True)
     assert await round_trip(bootstrap, security) == b"over TLS and SCRAM"
+
+
+async def test_clients_round_trip_over_mtls(secure_broker: LocalKafka, tls: Tls) -> None:
+    security = KafkaSecurity.from_variables(
+        {
+            "KAFKA_SECURITY_PROTOCOL": "SSL",
+            "KAFKA_SSL_CA_FILE": str(tls.ca),
+            "KAFKA_SSL_CERT_FILE": str(tls.client_cert),
+            "KAFKA_SSL_KEY_FILE": str(tls.client_key),
+        }
+    )
+    assert await round_trip(secure_broker.mtls_bootstrap_servers, security) == b"over TLS and SCRAM"
+
+
+@pytest.mark.parametrize("client", ["none", "stranger"])
+async def test_mtls_without_a_trusted_client_certificate_is_refused_at_once(
+    secure_broker: LocalKafka, tls: Tls, client: str
+) -> None:
+    variables = {"KAFKA_SECURITY_PROTOCOL": "SSL", "KAFKA_SSL_CA_FILE": str(tls.ca)}
+    if client == "stranger":
+        variables |= {
+            "KAFKA_SSL_CERT_FILE": str(tls.stranger_cert),
+            "KAFKA_SSL_KEY_FILE": str(tls.stranger_key),
+        }
+    address = secure_broker.mtls_bootstrap_servers
+    message, took = await refusal(address, KafkaSecurity.from_variables(variables))
+    assert took < FAST
+    assert f"Kafka at {address}" in message
+    assert "refused this client's TLS certificate" in message
+    hint = "set KAFKA_SSL_CERT_FILE and KAFKA_SSL_KEY_FILE" if client == "none" else "trusts the CA"
+    assert hint in message
 
 
 async def refusal(bootstrap_servers: str, security: KafkaSecurity) -> tuple[str, float]:

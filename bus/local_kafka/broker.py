@@ -75,6 +75,9 @@ class SecureListener:
     ENCRYPTED PRIVATE KEY` with `key_password`) followed by its certificate chain; Kafka's PEM
     key store takes no other key format (not `BEGIN EC PRIVATE KEY` or `BEGIN RSA ...`).
     Users are added only when the data directory is first formatted.
+
+    With `mtls_port` and `client_ca`, an SSL listener (TLS, no SASL) with the same key store is
+    opened there too, which asks every client for a certificate signed by `client_ca` (PEM).
     """
 
     port: int
@@ -82,6 +85,8 @@ class SecureListener:
     users: Mapping[str, str]  # name: password
     mechanism: Literal["SCRAM-SHA-256", "SCRAM-SHA-512"] = "SCRAM-SHA-512"
     key_password: str | None = None
+    mtls_port: int | None = None
+    client_ca: Path | None = None
 
 
 def secure_listener_properties(
@@ -106,6 +111,23 @@ def secure_listener_properties(
     }
     if listener.key_password is not None:
         added[f"{prefix}ssl.key.password"] = listener.key_password
+    if (listener.mtls_port is None) != (listener.client_ca is None):
+        raise ValueError("an mTLS listener needs both mtls_port and client_ca")
+    if listener.mtls_port is not None and listener.client_ca is not None:
+        mtls = f"SSL://127.0.0.1:{listener.mtls_port}"
+        tls_prefix = "listener.name.ssl."
+        added |= {
+            "listeners": f"{added['listeners']},{mtls}",
+            "advertised.listeners": f"{added['advertised.listeners']},{mtls}",
+            "listener.security.protocol.map": f"{added['listener.security.protocol.map']},SSL:SSL",
+            f"{tls_prefix}ssl.keystore.type": "PEM",
+            f"{tls_prefix}ssl.keystore.location": str(listener.keystore),
+            f"{tls_prefix}ssl.truststore.type": "PEM",
+            f"{tls_prefix}ssl.truststore.location": str(listener.client_ca),
+            f"{tls_prefix}ssl.client.auth": "required",
+        }
+        if listener.key_password is not None:
+            added[f"{tls_prefix}ssl.key.password"] = listener.key_password
     return {**properties, **added}
 
 
@@ -145,6 +167,13 @@ class LocalKafka:
         if self.secure is None:
             raise ValueError("this broker has no secure listener")
         return f"127.0.0.1:{self.secure.port}"
+
+    @property
+    def mtls_bootstrap_servers(self) -> str:
+        """The SSL listener's address, which asks for client certificates (ValueError if none)."""
+        if self.secure is None or self.secure.mtls_port is None:
+            raise ValueError("this broker has no mTLS listener")
+        return f"127.0.0.1:{self.secure.mtls_port}"
 
     @property
     def properties_file(self) -> Path:
@@ -210,7 +239,7 @@ class LocalKafka:
         libs = self.distribution.ensure()
         ports = [self.client_port, self.controller_port]
         if self.secure is not None:
-            ports.append(self.secure.port)
+            ports += [self.secure.port, *filter(None, [self.secure.mtls_port])]
         for port in ports:
             if not port_is_free(port):
                 raise BrokerStartError(

@@ -112,6 +112,16 @@ def _raise_refusal(address: str, security: KafkaSecurity, error: BaseException) 
             "address; name the CA that signed it in KAFKA_SSL_CA_FILE, or connect by a name "
             "the certificate holds"
         ) from None
+    if isinstance(error, ssl.SSLError) and _client_certificate_refused(error):
+        raise KafkaAuthenticationError(
+            f"Kafka at {address} refused this client's TLS certificate ({error.reason}): its "
+            f"listener asks for a client certificate signed by a CA it trusts; "
+            + (
+                "set KAFKA_SSL_CERT_FILE and KAFKA_SSL_KEY_FILE to one"
+                if security.ssl_cert_file is None
+                else "check whether it trusts the CA that signed KAFKA_SSL_CERT_FILE"
+            )
+        ) from None
     if isinstance(error, ssl.SSLError):
         raise KafkaAuthenticationError(
             f"the TLS handshake with Kafka at {address} failed ({error.reason or error}): that "
@@ -132,6 +142,12 @@ def _raise_refusal(address: str, security: KafkaSecurity, error: BaseException) 
             f"{' (and KAFKA_SASL_MECHANISM)' if security.uses_sasl else ''} against the "
             "listener the address names"
         ) from None
+
+
+def _client_certificate_refused(error: ssl.SSLError) -> bool:
+    """The server's TLS alert says our certificate (or its absence) is the problem."""
+    reason = error.reason or ""
+    return "ALERT" in reason and ("CERTIFICATE" in reason or "UNKNOWN_CA" in reason)
 
 
 def _reason(error: KafkaError) -> str:
