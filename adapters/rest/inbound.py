@@ -70,14 +70,9 @@ class Endpoint:
 
     def event_id(self, request: web.Request, principal: object, raw: bytes) -> str:
         key = request.headers.get(idempotency.HEADER)
-        if key is not None and not 0 < len(key) <= idempotency.MAX_KEY_LENGTH:
-            raise Problem(
-                400,
-                "bad-idempotency-key",
-                "Invalid Idempotency-Key",
-                f"the {idempotency.HEADER} header must be 1 to {idempotency.MAX_KEY_LENGTH} "
-                "characters long",
-            )
+        why = None if key is None else idempotency.key_problem(key)
+        if why is not None:
+            raise Problem(400, "bad-idempotency-key", "Invalid Idempotency-Key", why)
         if key is None and isinstance(principal, VerifiedSignature):
             key = _signed_request_key(principal, raw)
         return idempotency.event_id_for(self.name, key)
@@ -120,7 +115,7 @@ class WebhookEndpoint(Endpoint):
         values = {
             "body": body,
             "query": dict(request.query),
-            "headers": {name.lower(): value for name, value in request.headers.items()},
+            "headers": {name.lower(): _text(value) for name, value in request.headers.items()},
             "path": dict(request.match_info),
         }
         try:
@@ -169,18 +164,39 @@ class PublishEndpoint(Endpoint):
         try:
             event = mapping.event(
                 self.catalog, {"body": body}, event_id=self.event_id(request, principal, raw),
-                source=request.headers.get("ce-source") or "/publish",
+                source=_attribute(request, "ce-source") or "/publish",
             )  # fmt: skip
         except MappingError as invalid:
             raise invalid_event(invalid) from None
         # CloudEvents' HTTP binding names attributes ce-<name>; `partitionkey` is the key.
-        key = request.headers.get("ce-partitionkey")
-        subject = request.headers.get("ce-subject")
+        key = _attribute(request, "ce-partitionkey")
+        subject = _attribute(request, "ce-subject")
         event = Event(
             type=event.type, data=event.data, source=event.source, id=event.id,
             time=event.time, subject=subject, key=key,
         )  # fmt: skip
         return await self.store(topic, event)
+
+
+def _text(value: str) -> str:
+    """A header value as text. aiohttp decodes header bytes as UTF-8, keeping the bytes that
+    are not as surrogates, which no event can carry; such bytes are obs-text, which HTTP
+    historically read as ISO-8859-1."""
+    try:
+        value.encode()
+    except UnicodeEncodeError:
+        return value.encode("utf-8", "surrogateescape").decode("latin-1")
+    return value
+
+
+def _attribute(request: web.Request, header: str) -> str | None:
+    """A CloudEvents attribute from its `ce-` header: a Kafka header of the event, so text."""
+    value = request.headers.get(header)
+    if value is None:
+        return None
+    if _text(value) != value:
+        raise Problem(400, "bad-header", "Invalid header", f"the {header} header is not UTF-8 text")
+    return value
 
 
 def _signed_request_key(signature: VerifiedSignature, raw: bytes) -> str:

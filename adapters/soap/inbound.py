@@ -839,12 +839,9 @@ class SoapEndpoint:
     def _event_id(self, request: web.Request, envelope: Envelope, name: str) -> str:
         key = request.headers.get(idempotency.HEADER)
         if key is not None:
-            if not 0 < len(key) <= idempotency.MAX_KEY_LENGTH:
-                raise sender_fault(
-                    f"the {idempotency.HEADER} header must be 1 to "
-                    f"{idempotency.MAX_KEY_LENGTH} characters long",
-                    "bad-idempotency-key",
-                )
+            why = idempotency.key_problem(key)
+            if why is not None:
+                raise sender_fault(why, "bad-idempotency-key")
             return idempotency.event_id_for(name, key)
         message_id = _message_id(envelope)
         if message_id is not None:

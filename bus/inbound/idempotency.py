@@ -14,6 +14,17 @@ HEADER = "Idempotency-Key"
 MAX_KEY_LENGTH = 255
 
 
+def key_problem(key: str) -> str | None:
+    """Why `key` cannot be an idempotency key, or None. It is a Structured Field string: 1 to
+    MAX_KEY_LENGTH visible ASCII characters (a header value aiohttp could not decode as UTF-8
+    comes with surrogates, which no UUID can be derived from)."""
+    if not 0 < len(key) <= MAX_KEY_LENGTH:
+        return f"the {HEADER} header must be 1 to {MAX_KEY_LENGTH} characters long"
+    if not all(" " <= character <= "~" for character in key):
+        return f"the {HEADER} header must be visible ASCII characters only"
+    return None
+
+
 def event_id_for(endpoint: str, key: str | None) -> str:
     """A UUID derived from the endpoint and the caller's key; a random one without a key.
     The endpoint is part of it, so two endpoints never share ids by accident."""

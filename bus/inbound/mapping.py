@@ -88,17 +88,23 @@ class InboundMapping:
             data = values.get(self.whole or "", {})
             if not isinstance(data, Mapping):
                 problems.append(("", f"expected a JSON object, found {type(data).__name__}"))
+        data_mapped = not problems
         key = self._text(self.key, values, "key", problems)
         subject = self._text(self.subject, values, "subject", problems)
-        if problems:
+        if not data_mapped:
             raise MappingError(self.event_type, problems)
+        # The data is checked even when the key failed: a null `id` usually breaks both, and
+        # the caller should learn about the event field too, not only about `<key>`.
         try:
-            return new_event(
+            event = new_event(
                 catalog, self.event_type, data, source=source, key=key, subject=subject,
                 event_id=event_id,
             )  # fmt: skip
         except EventValidationError as invalid:
-            raise MappingError(self.event_type, invalid.problems) from invalid
+            raise MappingError(self.event_type, problems + invalid.problems) from invalid
+        if problems:
+            raise MappingError(self.event_type, problems)
+        return event
 
     def key_of(self, values: Mapping[str, Any]) -> str | None:
         """The Kafka key these values give, or None if there is none or it cannot be made (for

@@ -13,6 +13,7 @@ import time
 from collections.abc import Sequence
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.typedefs import Handler, Middleware
 from opentelemetry import context as otel_context
 from opentelemetry import trace
@@ -52,7 +53,9 @@ class InboundServer:
         # middleware is outermost: it sees the status problem_middleware answered with.
         app = web.Application(middlewares=[observed, problem_middleware], client_max_size=0)
         app.add_routes(routes)
-        self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=SHUTDOWN_S)
+        self._runner = web.AppRunner(
+            app, access_log=None, shutdown_timeout=SHUTDOWN_S, logger=_server_log
+        )
 
     async def start(self) -> None:
         await self._runner.setup()
@@ -77,6 +80,31 @@ class InboundServer:
     @property
     def url(self) -> str:
         return f"http://{self.host}:{self.port}"
+
+
+class _RefusedRequests(logging.Filter):
+    """aiohttp logs each request its HTTP parser refuses (a CR or NUL in a header, a duplicate
+    Content-Length, a header over 8190 bytes) at ERROR with a traceback, and answers it with a
+    plain 400 itself: any caller could fill the log with tracebacks. It is the caller's
+    mistake, so it becomes one line at INFO."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else None
+        if isinstance(error, HttpProcessingError) and 400 <= error.code < 500:
+            why = (error.message or type(error).__name__).strip().splitlines()[0]
+            record.msg = "refused a malformed HTTP request from %s (%d): %s"
+            record.args = (
+                *(record.args if isinstance(record.args, tuple) else ()),
+                error.code,
+                why,
+            )
+            record.levelno, record.levelname = logging.INFO, logging.getLevelName(logging.INFO)
+            record.exc_info, record.exc_text = None, None
+        return True
+
+
+_server_log = logging.getLogger(f"{__name__}.http")
+_server_log.addFilter(_RefusedRequests())
 
 
 def _known_method(method: str) -> str:
