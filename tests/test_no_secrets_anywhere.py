@@ -30,7 +30,7 @@ from urllib.parse import quote, quote_plus
 
 import aiohttp
 import pytest
-from aiohttp import web
+from aiohttp import encode_basic_auth, web
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
     ExportTraceServiceRequest,
     ExportTraceServiceResponse,
@@ -466,9 +466,15 @@ async def drive_traffic(client: Client, base: str) -> None:
     wrong = [
         ("/hooks/hmac", {"X-Hub-Signature-256": "sha256=" + "0" * 64}),
         ("/hooks/key", {"X-Api-Key": "not-the-key"}),
-        ("/hooks/basic", {"Authorization": aiohttp.encode_basic_auth("crm", "guess")}),
+        ("/hooks/basic", {"Authorization": encode_basic_auth("crm", "guess")}),
         ("/hooks/jwt", {"Authorization": "Bearer not.a.token"}),
         ("/events/com.acme.crm.CustomerChanged", {"X-Publish-Key": "not-the-key"}),
+        # A caller sending a real secret where it does not belong: refused without an echo.
+        ("/hooks/key", {"X-Api-Key": SECRETS["PUBLISH_KEY"]}),
+        (
+            "/hooks/basic",
+            {"Authorization": encode_basic_auth("crm", SECRETS["OUT_BASIC_PASSWORD"])},
+        ),
     ]
     for path, headers in wrong:
         status, _ = await client.call(
@@ -476,14 +482,15 @@ async def drive_traffic(client: Client, base: str) -> None:
         )
         assert status == 401, path
     soap_headers = {"Content-Type": "text/xml; charset=utf-8", "SOAPAction": '""'}
-    status, text = await client.call(
-        "POST",
-        base + "/soap/erp",
-        data=soap_call(wsse_header("crm", "guess")),
-        headers=soap_headers,
-    )
-    assert status == 500, text
-    assert "authentication failed" in text, text
+    for password in ("guess", SECRETS["OUT_WSSE_PASSWORD"]):
+        status, text = await client.call(
+            "POST",
+            base + "/soap/erp",
+            data=soap_call(wsse_header("crm", password)),
+            headers=soap_headers,
+        )
+        assert status == 500, text
+        assert "authentication failed" in text, text
     # Good credentials: the events go out, and every delivery fails.
     status, text = await client.call(
         "POST",
@@ -535,7 +542,7 @@ async def read_admin(client: Client, admin: str, auth: Mapping[str, str]) -> Non
     await client.call(
         "GET",
         admin + "/flows",
-        headers={"Authorization": aiohttp.encode_basic_auth("sre", "guess")},
+        headers={"Authorization": encode_basic_auth("sre", "guess")},
     )
 
 
@@ -561,7 +568,7 @@ async def test_no_planted_secret_is_found_in_anything_bus_run_writes_or_answers(
     (tmp_path / "leaky_step.py").write_text(LEAKY_STEP)
     stdout, stderr = tmp_path / "stdout.log", tmp_path / "stderr.log"
     base, admin = f"http://127.0.0.1:{http_port}", f"http://127.0.0.1:{admin_port}"
-    auth = {"Authorization": aiohttp.encode_basic_auth(*ADMIN)}
+    auth = {"Authorization": encode_basic_auth(*ADMIN)}
     environ = {**SECRETS, "KAFKA_BOOTSTRAP_SERVERS": bootstrap_servers}
     async with aiohttp.ClientSession() as session:
         client = Client(session)
