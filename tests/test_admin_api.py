@@ -142,20 +142,32 @@ def loopback(**changes: Any) -> AdminSettings:
 
 # -- auth ----------------------------------------------------------------------------------------
 
-ROUTES = [
-    ("GET", "/healthz", 200),
-    ("GET", "/readyz", 200),
-    ("GET", "/metrics", 200),
-    ("GET", "/flows", 200),
-    ("GET", "/flows/crm-webhook", 200),
-    ("GET", "/journeys/e-1", 200),
-    ("GET", "/dlq", 200),
-    ("GET", "/dlq/router", 404),  # no such flow here: the route ran, past auth
-    ("GET", "/dlq/router/0/0", 404),
-    ("POST", "/dlq/router/0/0/replay", 404),
-    ("POST", "/dlq/router/replay", 404),
-    ("GET", "/no/such/route", 404),
-]
+ROUTES = {
+    # (method, route as the router names it): (a path to call it by, status with good credentials)
+    ("GET", "/healthz"): ("/healthz", 200),
+    ("GET", "/readyz"): ("/readyz", 200),
+    ("GET", "/metrics"): ("/metrics", 200),
+    ("GET", "/flows"): ("/flows", 200),
+    ("GET", "/flows/{name}"): ("/flows/crm-webhook", 200),
+    ("GET", "/journeys/{event_id}"): ("/journeys/e-1", 200),
+    ("GET", "/dlq"): ("/dlq", 200),
+    ("GET", "/dlq/{flow}"): ("/dlq/router", 404),  # no such flow here: the route ran, past auth
+    ("GET", "/dlq/{flow}/{partition}/{offset}"): ("/dlq/router/0/0", 404),
+    ("POST", "/dlq/{flow}/{partition}/{offset}/replay"): ("/dlq/router/0/0/replay", 404),
+    ("POST", "/dlq/{flow}/replay"): ("/dlq/router/replay", 404),
+}
+UNROUTED = [("GET", "/no/such/route", 404), ("DELETE", "/dlq", 405)]
+
+
+def calls_of_every_route(server: AdminServer) -> list[tuple[str, str, int]]:
+    """(method, path, status with good credentials) for every route the server's router holds,
+    and paths no route serves; a route added to the admin API without a case here fails."""
+    served = server.routes()
+    unlisted = sorted(set(served) - set(ROUTES))
+    assert not unlisted, f"add these admin routes to ROUTES in this test: {unlisted}"
+    gone = sorted(set(ROUTES) - set(served))
+    assert not gone, f"ROUTES names routes the admin API no longer serves: {gone}"
+    return [(method, *ROUTES[method, route]) for method, route in served] + UNROUTED
 
 
 @pytest.mark.parametrize(
@@ -178,7 +190,9 @@ async def test_every_route_refuses_anonymous_and_wrong_credentials_and_serves_a_
     # On all interfaces: allowed because auth is set.
     settings = AdminSettings(host="0.0.0.0", port=0, auth=auth)
     async with admin_server(settings, bootstrap_servers=bootstrap_servers, board=board) as server:
-        for method, path, served in ROUTES:
+        calls = calls_of_every_route(server)
+        assert len(calls) == len(ROUTES) + len(UNROUTED)
+        for method, path, served in calls:
             for headers in (None, bad):
                 status, body, response_headers = await call(method, server.url + path, headers)
                 assert status == 401, (method, path, headers, body)
@@ -190,7 +204,8 @@ async def test_every_route_refuses_anonymous_and_wrong_credentials_and_serves_a_
                     assert response_headers["WWW-Authenticate"].startswith("Basic")
             status, body, _ = await call(method, server.url + path, good)
             assert status == served, (method, path, body)
-        assert "the admin API serves /healthz" in body["detail"]  # the unknown route's 404
+            if path == "/no/such/route":
+                assert "the admin API serves /healthz" in body["detail"]
 
 
 async def test_without_auth_it_listens_on_loopback_only(bootstrap_servers: str) -> None:
@@ -208,6 +223,19 @@ async def test_without_auth_it_listens_on_loopback_only(bootstrap_servers: str) 
         async with admin_server(settings, bootstrap_servers=bootstrap_servers) as server:
             status, body, _ = await call("GET", server.url + "/healthz")
             assert (status, body["status"]) == (200, "alive")
+
+
+async def test_the_admin_api_cannot_opt_into_anonymous_callers() -> None:
+    # What an inbound endpoint may choose, the admin API may not: it replays dead letters.
+    for host in ("0.0.0.0", "127.0.0.1"):
+        settings = AdminSettings(host=host, port=0, auth={"anonymous": True})
+        with pytest.raises(ConfigError) as refused:
+            async with admin_server(settings, bootstrap_servers=""):
+                pass
+        message = str(refused.value)
+        assert "observability.admin.auth.anonymous" in message
+        assert "cannot let anyone call" in message
+        assert "host: 127.0.0.1" in message
 
 
 async def test_invalid_auth_settings_are_refused_naming_the_key_and_not_the_secret() -> None:

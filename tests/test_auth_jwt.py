@@ -870,15 +870,20 @@ def test_inbound_settings_need_exactly_one_kind() -> None:
     assert problems_of({}) == [
         (
             (),
-            "expected one of api_key, basic, hmac, jwt, found none; e.g. api_key: {header:"
-            " X-Api-Key, keys: [${API_KEY}]}",
+            "expected one of api_key, basic, hmac, jwt, anonymous, found none; e.g. api_key:"
+            " {header: X-Api-Key, keys: [${API_KEY}]}",
         )
     ]
     two = problems_of({"api_key": {"keys": ["k-one-secret"]}, "basic": {"users": {"a": "b"}}})
     assert [loc for loc, _ in two] == [("api_key",), ("basic",)]
-    assert all("only one of api_key, basic, hmac, jwt may be set" in msg for _, msg in two)
+    assert all(
+        "only one of api_key, basic, hmac, jwt, anonymous may be set" in msg for _, msg in two
+    )
     assert problems_of({"jwtt": {"key": HS_SECRET}}) == [
-        (("jwtt",), "unknown key (did you mean jwt?); allowed keys: api_key, basic, hmac, jwt")
+        (
+            ("jwtt",),
+            "unknown key (did you mean jwt?); allowed keys: api_key, basic, hmac, jwt, anonymous",
+        )
     ]
     assert problems_of({"jwt": None}) == [
         (("jwt",), "expected the jwt settings as a mapping, found nothing")
@@ -960,7 +965,7 @@ def test_inbound_settings_never_show_secrets() -> None:
 def test_inbound_settings_have_a_json_schema() -> None:
     schema = InboundAuth.model_json_schema()
 
-    assert set(schema["properties"]) == {"api_key", "basic", "hmac", "jwt"}
+    assert set(schema["properties"]) == {"api_key", "basic", "hmac", "jwt", "anonymous"}
 
 
 async def test_the_wall_clock_is_the_default_now() -> None:

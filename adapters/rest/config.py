@@ -48,7 +48,11 @@ class RestInbound(Block):
 
     path: RoutePath | None = Field(default=None, description="The path to serve.")
     method: Literal["POST", "PUT", "PATCH"] = Field(default="POST", description="HTTP method.")
-    auth: InboundAuth | None = Field(default=None, description="Who may call; omitted: anyone.")
+    auth: InboundAuth | None = Field(
+        default=None,
+        description="Who may call; omitted: refused unless http.host is a loopback address "
+        "(anonymous: true lets anyone call on purpose).",
+    )
     max_body: ByteCount = Field(
         default=DEFAULT_MAX_BODY, description="Largest accepted body; larger ones get 413."
     )

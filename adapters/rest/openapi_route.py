@@ -13,7 +13,9 @@ from bus.plugins import AdapterContext
 
 
 def security_doc(auth: InboundAuth | None) -> SecurityDoc | None:
-    if auth is None:
+    """The operation's security scheme; None, documented as no security requirement (and no
+    401), for an endpoint anyone may call: no auth on a loopback server, or `anonymous: true`."""
+    if auth is None or auth.anonymous_callers:
         return None
     if auth.api_key is not None:
         key = auth.api_key

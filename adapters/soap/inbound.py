@@ -12,6 +12,7 @@ inbound:
       operation: NotifyCustomer       # the operation this item handles
       response: {Ack: 'true', CustomerId: event.customerId}   # over `event` and `attributes`
       auth: {wsse: {users: {crm: "${CRM_PASSWORD}"}}}         # or {basic: {users: {...}}}
+                                      # or {anonymous: true}; omitted: only on a loopback host
       max_body: 512KiB
     event:
       type: com.acme.crm.CustomerChanged
@@ -66,7 +67,7 @@ import re
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Annotated, Any, ClassVar
+from typing import Annotated, Any, ClassVar, Literal
 
 import aiohttp
 import zeep.exceptions
@@ -171,6 +172,11 @@ class SoapInboundAuth(OneOf):
     wsse: WsseInbound | None = Field(
         default=None, description="A WS-Security UsernameToken in the SOAP header."
     )
+    anonymous: Literal[True] | None = Field(
+        default=None,
+        description="true: anyone may call, on purpose (without auth, an endpoint is only "
+        "allowed on a loopback http.host).",
+    )
 
 
 _PATH = r"/(?:[A-Za-z0-9._~!$&'()*+,;=:@-]+/?)*"
@@ -204,7 +210,11 @@ class SoapInbound(Block):
         description="The response message, element -> expression over event and attributes; "
         "omitted for one-way operations.",
     )
-    auth: SoapInboundAuth | None = Field(default=None, description="Who may call; omitted: anyone.")
+    auth: SoapInboundAuth | None = Field(
+        default=None,
+        description="Who may call; omitted: refused unless http.host is a loopback address "
+        "(anonymous: true lets anyone call on purpose).",
+    )
     max_body: ByteCount = Field(
         default=DEFAULT_MAX_BODY, description="Largest accepted request; larger ones get a Fault."
     )

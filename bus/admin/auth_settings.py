@@ -5,11 +5,9 @@ An admin API without auth is only allowed on a loopback address: it lists the fl
 letters (event data) and replays them, so anyone who can reach it must be someone we trust.
 """
 
-import ipaddress
-
 from pydantic import ValidationError
 
-from bus.auth.settings import InboundAuth
+from bus.auth.settings import ANONYMOUS, InboundAuth, is_loopback
 from bus.flows.loading import settings_problems
 from bus.flows.model import AdminSettings, KeyPath
 
@@ -33,20 +31,23 @@ def auth_problems(settings: AdminSettings) -> list[tuple[KeyPath, str]]:
             )
         ]
     try:
-        InboundAuth.model_validate(settings.auth)
+        auth = InboundAuth.model_validate(settings.auth)
     except ValidationError as invalid:
         return [
             (("auth", *path), message)
             for path, message in settings_problems(invalid, settings.auth)
         ]
+    if auth.anonymous_callers:
+        # What an inbound endpoint may opt into, the admin API may not: it replays dead letters.
+        return [
+            (
+                ("auth", ANONYMOUS),
+                "the admin API cannot let anyone call: it shows dead letters (event data) and "
+                f"replays them; set {SETTING} to a credential (e.g. {_EXAMPLE}), or remove auth "
+                "and listen on host: 127.0.0.1",
+            )
+        ]
     return []
 
 
-def is_loopback(host: str) -> bool:
-    """Whether `host` is reachable from this machine only (127.0.0.0/8, ::1, localhost)."""
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:  # another name: it may resolve to anything
-        return False
+__all__ = ["SETTING", "auth_problems", "is_loopback"]

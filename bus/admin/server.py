@@ -85,6 +85,15 @@ class AdminServer:
         self._runner: web.AppRunner | None = None
         self._url: str | None = None
 
+    def routes(self) -> list[tuple[str, str]]:
+        """(method, path template) of every route served, e.g. ("GET", "/dlq/{flow}"): what a
+        test must find refusing anonymous callers (aiohttp's implicit HEADs are left out)."""
+        return [
+            (route.method, route.resource.canonical)
+            for route in self._app.router.routes()
+            if route.resource is not None and route.method != "HEAD"
+        ]
+
     @property
     def url(self) -> str:
         """Where it listens, e.g. http://127.0.0.1:9180 (the real port when 0 was asked for)."""

@@ -12,6 +12,11 @@ Inbound (who may call us), a mapping with exactly one key::
       # jwt: {jwks_url: https://login.example.com/jwks.json, issuer: https://login.example.com/,
       #       audience: https://bus.example.com, algorithms: [RS256], leeway: 30s,
       #       scopes: [events:write], claims: {tenant: acme}}    # or key: <PEM or secret>
+      # anonymous: true      # anyone may call, on purpose (a public endpoint); see below
+
+An inbound endpoint without `auth` is only allowed while the HTTP server listens on a loopback
+address (bus.flows.validation refuses it otherwise): a caller reaching it over the network must
+either prove who they are or be let in by an explicit `anonymous: true`, which a reviewer sees.
 
 Outbound (how we authenticate our calls), a mapping with exactly one key::
 
@@ -28,6 +33,7 @@ validation message shows a secret's value. Write them as `${VAR}` in the file, n
 `inbound_authenticator` and `outbound_auth` build what the adapters call from these.
 """
 
+import ipaddress
 import re
 from collections.abc import Mapping
 from datetime import timedelta
@@ -165,6 +171,16 @@ Text = Annotated[
 _LOOPBACK = ("localhost", "127.0.0.1", "::1")
 
 
+def is_loopback(host: str) -> bool:
+    """Whether `host` is reachable from this machine only (127.0.0.0/8, ::1, localhost)."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:  # another name: it may resolve to anything
+        return False
+
+
 def _url(value: object) -> str:
     if isinstance(value, str) and _acceptable_url(value):
         return value
@@ -258,6 +274,22 @@ def _config_problem(error: ConfigError) -> str:
     return re.sub(r"^\w+: ", "", str(error))
 
 
+ANONYMOUS = "anonymous"
+"""The inbound auth kind that lets anyone call: an explicit opt-in, never a default."""
+
+
+def _anonymous_problems(settings: object, kinds: str) -> KeyProblems:
+    """`anonymous` takes `true` only: `false` would read as "not anonymous" yet ask nothing."""
+    if settings is True:
+        return []
+    others = ", ".join(kind for kind in kinds.split(", ") if kind != ANONYMOUS)
+    message = (
+        f"expected true (anyone may call, on purpose), found {describe_value(settings)}; to "
+        f"require callers to authenticate, set one of {others} instead"
+    )
+    return [((ANONYMOUS,), message)]
+
+
 class OneOf(AuthBlock):
     """A mapping with exactly one key, naming the kind of authentication and its settings."""
 
@@ -276,6 +308,8 @@ class OneOf(AuthBlock):
             message = f"only one of {kinds} may be set, found {found}; keep one"
             return kept, [((key,), message) for key in kept]
         kind, settings = next(iter(kept.items()))
+        if kind == ANONYMOUS:
+            return kept, _anonymous_problems(settings, kinds)
         if not isinstance(settings, dict | Block):
             message = f"expected the {kind} settings as a mapping, found {describe_value(settings)}"
             return kept, [((kind,), message)]
@@ -501,6 +535,16 @@ class InboundAuth(OneOf):
     basic: BasicInbound | None = Field(default=None, description="HTTP Basic user and password.")
     hmac: HmacInbound | None = Field(default=None, description="An HMAC signature of the body.")
     jwt: JwtInbound | None = Field(default=None, description="A JWT bearer token.")
+    anonymous: Literal[True] | None = Field(
+        default=None,
+        description="true: anyone may call, on purpose (without auth, an endpoint is only "
+        "allowed on a loopback http.host).",
+    )
+
+    @property
+    def anonymous_callers(self) -> bool:
+        """Whether anyone may call (`anonymous: true`): no credential is asked for."""
+        return self.anonymous is True
 
 
 class RequestAuthenticator(Protocol):
@@ -514,6 +558,18 @@ class RequestAuthenticator(Protocol):
     async def authenticate(
         self, headers: Mapping[str, str], *, body: bytes, query: Mapping[str, str], now: float
     ) -> object: ...
+
+
+class Anyone:
+    """The authenticator of `anonymous: true`: every caller is let in, and nothing is learned."""
+
+    def __repr__(self) -> str:
+        return "Anyone()"
+
+    async def authenticate(
+        self, headers: Mapping[str, str], *, body: bytes, query: Mapping[str, str], now: float
+    ) -> object:
+        return None
 
 
 class VerifierAuthenticator:
@@ -548,6 +604,8 @@ def inbound_authenticator(
         return VerifierAuthenticator(config.basic.build())
     if config.hmac is not None:
         return VerifierAuthenticator(config.hmac.build())
+    if config.anonymous_callers:
+        return Anyone()
     raise ConfigError("inbound auth: no kind of authentication is set")  # validation prevents it
 
 

@@ -951,7 +951,8 @@ class PublishApi(Block):
     )
     auth: dict[str, Any] | None = Field(
         default=None,
-        description="Who may publish; the same settings as a rest inbound item's auth.",
+        description="Who may publish; the same settings as a rest inbound item's auth. "
+        "Required unless http.host is a loopback address (anonymous: true lets anyone publish).",
     )
     max_body: ByteCount = Field(
         default=DEFAULT_MAX_BODY, description="Largest accepted body; larger ones get 413."
@@ -961,7 +962,11 @@ class PublishApi(Block):
 class HttpSettings(Block):
     """The one HTTP server of a `bus run` process, shared by every inbound endpoint."""
 
-    host: str = Field(default="127.0.0.1", description="Address to listen on (0.0.0.0: all).")
+    host: str = Field(
+        default="127.0.0.1",
+        description="Address to listen on (0.0.0.0: all); on one that is not a loopback "
+        "address, every endpoint needs auth (or auth: {anonymous: true}).",
+    )
     port: int = Field(default=8080, ge=0, le=65535, description="Port to listen on.")
     publish: PublishApi | None = Field(default=None, description="The generic publish API.")
 

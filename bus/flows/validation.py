@@ -14,6 +14,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from bus.admin.auth_settings import auth_problems
+from bus.auth.settings import is_loopback
 from bus.events.catalog import SchemaCatalog
 from bus.flows.expressions import VARIABLES, ExpressionError, compile_expression
 from bus.flows.model import (
@@ -21,6 +22,7 @@ from bus.flows.model import (
     FilterStep,
     FlowFile,
     FlowSet,
+    HttpSettings,
     Inbound,
     LookupItem,
     Mediation,
@@ -57,7 +59,7 @@ def validate_flows(flows: FlowSet, catalog: SchemaCatalog) -> list[str]:
         checker.outbound(outbound)
     for adapter in installed_adapters().values():  # settings outside items (the publish API)
         checker.problems += adapter.check_flows(flows, catalog)
-    return checker.problems + _admin_problems(flows)
+    return checker.problems + _admin_problems(flows) + _open_endpoint_problems(flows)
 
 
 def _admin_problems(flows: FlowSet) -> list[str]:
@@ -70,6 +72,46 @@ def _admin_problems(flows: FlowSet) -> list[str]:
         file.source.problem(("observability", "admin", *path), message)
         for path, message in auth_problems(admin)
     ]
+
+
+_INBOUND_EXAMPLE = "auth: {api_key: {header: X-Api-Key, keys: [${API_KEY}]}}"
+
+
+def _open_endpoint_problems(flows: FlowSet) -> list[str]:
+    """Every endpoint of the inbound HTTP server (webhooks, SOAP, the publish API) without
+    `auth`, while the server listens on an address that is not a loopback one: anyone on the
+    network could publish events through it. The fix is a credential, an explicit
+    `auth: {anonymous: true}`, or a loopback `http.host`; omitting auth is never read as
+    "anyone", so that an open endpoint is always a decision someone wrote down."""
+    http = flows.http or HttpSettings()
+    if is_loopback(http.host):
+        return []
+    problems = []
+    for item in flows.inbound:
+        config = item.config
+        # An item with a `path` is served by the HTTP server (rest webhooks, soap); a rest item
+        # that polls calls out instead and takes no calls.
+        if not isinstance(config, Mapping) or "path" not in config or "poll" in config:
+            continue
+        if config.get("auth") is None:
+            what = f"inbound item {item.name!r}"
+            problems.append(
+                item.origin.problem(_open_message(what, http.host), item.adapter, "auth")
+            )
+    if http.publish is not None and http.publish.auth is None:
+        file = next(file for file in flows.files if file.http is not None)
+        message = _open_message("the publish API", http.host)
+        problems.append(file.source.problem(("http", "publish", "auth"), message))
+    return problems
+
+
+def _open_message(what: str, host: str) -> str:
+    return (
+        f"missing, while the inbound HTTP server listens on {host} (http.host), which is not a "
+        f"loopback address, so anyone on the network could publish events through {what}; "
+        f"set auth (e.g. {_INBOUND_EXAMPLE}), or auth: {{anonymous: true}} to let anyone call "
+        "on purpose, or http.host: 127.0.0.1"
+    )
 
 
 def flow_file_json_schema() -> dict[str, Any]:

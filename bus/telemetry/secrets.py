@@ -6,11 +6,12 @@ credentials recognised by their shape, with `***` in any text: log lines, error 
 
 import base64
 import binascii
+import contextlib
 import json
 import re
 from collections.abc import Iterable, Mapping
 from typing import Any
-from urllib.parse import quote, quote_plus, urlsplit
+from urllib.parse import quote, quote_plus, unquote, urlsplit
 
 from pydantic import BaseModel, SecretStr
 
@@ -118,15 +119,29 @@ def _credential_headers(headers: Mapping[object, object], found: set[str]) -> No
                 found.add(credential.strip())
 
 
+_USERINFO = re.compile(r"://([^@\s]*)@")
+
+
 def _url_password(text: str, found: set[str]) -> None:
     if "@" not in text or "://" not in text:
         return
-    try:
-        password = urlsplit(text.strip()).password
-    except ValueError:  # not a URL after all (a bad port, say)
-        return
-    if password:
-        found.add(password)
+    passwords = set()
+    host_and_port = False
+    with contextlib.suppress(ValueError):  # not a URL after all (a bad port, say)
+        parts = urlsplit(text.strip())
+        passwords.add(parts.password)
+        host_and_port = "@" not in parts.netloc and parts.port is not None
+    # A password substituted from ${VAR} as it is may hold a `/`, `?` or `#` that ends the
+    # authority for urlsplit (which then finds none, or the wrong one), while the text still
+    # shows it whole in any message about the URL: read it up to the `@` too, unless what
+    # precedes the first `/` is a host and its port (the `@` is then in the path or query).
+    userinfo = _USERINFO.search(text)
+    if userinfo is not None and ":" in userinfo.group(1) and not host_and_port:
+        passwords.add(userinfo.group(1).partition(":")[2])
+    for password in passwords:
+        if password:
+            # As written, and decoded as the Basic header carries it.
+            found |= {password, unquote(password)}
 
 
 def _text(value: object) -> str | None:
