@@ -115,6 +115,21 @@ async def test_a_null_url_part_is_permanent_and_nothing_is_sent(server: Server) 
     assert server.seen == []
 
 
+async def test_a_url_that_does_not_parse_is_permanent_and_not_echoed(server: Server) -> None:
+    # A password substituted raw from ${VAR} with a '/' in it: aiohttp cannot call the URL. That
+    # is the configuration's fault, not a passing outage, and the message must not show it.
+    host = server.url.removeprefix("http://")
+    settings = RestOutbound.model_validate({"url": f"http://bus:pa/ss-w0rd@{host}/customers"})
+    async with aiohttp.ClientSession() as session:
+        delivery = RestDelivery(
+            "out", settings, field_map={}, session=session, auth=None, call_timeout=5.0
+        )
+        with pytest.raises(PermanentDeliveryError, match="URL is not valid") as caught:
+            await delivery.call(order())
+    assert "pa/ss-w0rd" not in str(caught.value)
+    assert server.seen == []
+
+
 @pytest.mark.parametrize(
     ("answer", "kind"),
     [

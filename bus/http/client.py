@@ -55,7 +55,10 @@ def parsed_body(content_type: str, raw: bytes) -> Any:
 def origin(url: str) -> str:
     """Scheme, host and port only, for messages: a path or query may carry tokens or personal
     data."""
-    parsed = URL(url)
+    try:
+        parsed = URL(url)
+    except ValueError:  # a raw ${VAR} with '/' or '#' in a password: say so, not crash on it
+        return "a URL that does not parse"
     port = "" if parsed.explicit_port is None else f":{parsed.explicit_port}"
     return f"{parsed.scheme}://{parsed.host}{port}"
 
@@ -71,10 +74,15 @@ def status_error(
     return PermanentDeliveryError(f"HTTP {status}", status=status, excerpt=excerpt)
 
 
-def transport_error(
-    error: BaseException, url: str, seconds: float | None
-) -> TransientDeliveryError:
-    """A call that got no answer (a timeout, a refused or broken connection): worth retrying."""
+def transport_error(error: BaseException, url: str, seconds: float | None) -> DeliveryError:
+    """A call that got no answer (a timeout, a refused or broken connection): worth retrying;
+    a URL that cannot be called at all is permanent, and its text stays out of the message
+    (the userinfo or query is where a misplaced secret would be)."""
+    if isinstance(error, aiohttp.InvalidURL):
+        return PermanentDeliveryError(
+            f"cannot call {origin(url)}: the URL is not valid; check the outbound url and "
+            "percent-encode reserved characters ('/', '?', '#', '@') in substituted values"
+        )
     if isinstance(error, TimeoutError):
         return TransientDeliveryError(f"no answer within {seconds:g} s from {origin(url)}")
     return TransientDeliveryError(f"cannot call {origin(url)}: {type(error).__name__}: {error}")
