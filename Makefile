@@ -50,8 +50,11 @@ lint: setup
 	$(VENV)/bin/ruff format --check $(SOURCES)
 	$(VENV)/bin/mypy
 
+# Two workers, each with its own broker (most tests wait on Kafka or a subprocess), then the few
+# tests that measure CPU or rates, alone.
 test: lint kafka-jars
-	$(VENV)/bin/pytest
+	$(VENV)/bin/pytest -n 2 -m "not chaos and not serial" --durations=15
+	$(VENV)/bin/pytest -m serial
 
 chaos: kafka-jars
 	$(VENV)/bin/pytest tests/chaos -m chaos --timeout 900

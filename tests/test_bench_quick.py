@@ -17,6 +17,9 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 
+# It measures CPU and rates: alone, after the two-worker run (make test), not beside other tests.
+pytestmark = pytest.mark.serial
+
 # Issue 9's scenarios; the soak runs in full mode only.
 PIPES = [
     "raw-pipe",
