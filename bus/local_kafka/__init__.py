@@ -1,6 +1,7 @@
 """The local development broker: a pinned Apache Kafka from Maven Central, run on 127.0.0.1."""
 
 from bus.local_kafka.broker import BrokerStatus, LocalKafka, single_node_properties
+from bus.local_kafka.cluster import LocalKafkaCluster
 from bus.local_kafka.distribution import KafkaDistribution
 from bus.local_kafka.embedded import bootstrap_servers_for, local_kafka_from
 
@@ -8,6 +9,7 @@ __all__ = [
     "BrokerStatus",
     "KafkaDistribution",
     "LocalKafka",
+    "LocalKafkaCluster",
     "bootstrap_servers_for",
     "local_kafka_from",
     "single_node_properties",
