@@ -43,8 +43,9 @@ from types import TracebackType
 from typing import Any, Self
 
 import aiohttp
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import AIOKafkaConsumer
 
+from bus.kafka_topics import topic_partitions
 from bus.processes import die_with_parent, free_ports
 from tests.chaos.sink import ChaosSink
 
@@ -460,16 +461,20 @@ max: {k.backoff_max}}}}}
 
     async def dead_letters(self) -> int:
         """Records in the pipeline's two dead-letter topics (0 if never created)."""
+        return await self.records_in(f"{self.id}-mediate.dlq", f"{self.id}-out.dlq")
+
+    async def records_in(self, *topics: str) -> int:
+        """How many records the topics hold (0 for a topic that does not exist). For topic A,
+        more records than accepted events means an event was stored twice (the same id: a
+        202 lost with the connection, and the request sent again)."""
         consumer = AIOKafkaConsumer(bootstrap_servers=self.bootstrap_servers)
         await consumer.start()
         try:
-            topics = await consumer.topics()
             total = 0
-            for topic in (f"{self.id}-mediate.dlq", f"{self.id}-out.dlq"):
-                if topic not in topics:
+            for topic in topics:
+                tps = await topic_partitions(self.bootstrap_servers, topic)
+                if not tps:
                     continue
-                partitions = consumer.partitions_for_topic(topic) or set()
-                tps = [TopicPartition(topic, p) for p in partitions]
                 ends = await consumer.end_offsets(tps)
                 starts = await consumer.beginning_offsets(tps)
                 total += sum(ends[tp] - starts[tp] for tp in tps)
