@@ -28,10 +28,10 @@ from typing import Any
 import aiohttp
 import psutil
 import pytest
-from aiokafka import AIOKafkaConsumer, TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka import AIOKafkaConsumer
 from prometheus_client.parser import text_string_to_metric_families
 
+from bus.kafka_topics import scan, topic_partitions
 from tests.chaos.conftest import ChaosResults
 from tests.chaos.pipeline import Knobs, Pipeline
 from tests.chaos.sink import ChaosSink
@@ -328,41 +328,20 @@ async def applied_in_log_order(pipeline: Pipeline) -> tuple[int, list[str]]:
     return len(expected), wrong
 
 
-async def partitions_of(bootstrap_servers: str, prefix: str) -> dict[str, list[TopicPartition]]:
-    """The partitions of every topic whose name starts with `prefix`, from the cluster's
-    metadata. (A consumer's `partitions_for_topic` is None unless it subscribed: its
-    `topics()` does not keep the metadata it fetched.)"""
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers)
-    await admin.start()
-    try:
-        described = await admin.describe_topics()
-    finally:
-        await admin.close()
-    found: dict[str, list[TopicPartition]] = {}
-    for topic in described:
-        name = str(topic["topic"])
-        if name.startswith(prefix):
-            numbers = sorted(int(p["partition"]) for p in topic["partitions"])
-            found[name] = [TopicPartition(name, n) for n in numbers]
-    return found
-
-
 async def dead_letters(pipeline: Pipeline) -> dict[str, int]:
-    """Records in each of the pipeline's dead-letter topics (inbound, mediation, outbound).
-
-    Counted here rather than with `Pipeline.dead_letters`, which always answers 0: it looks
-    the partitions up with `partitions_for_topic` on a consumer that subscribed to nothing."""
-    topics = await partitions_of(pipeline.bootstrap_servers, f"{pipeline.id}-")
-    dlqs = {name: tps for name, tps in topics.items() if name.endswith(".dlq")}
-    assert len(dlqs) == 3, f"expected the in, mediate and out dead-letter topics: {sorted(topics)}"
+    """Records in each of the pipeline's three dead-letter topics (inbound, mediation,
+    outbound), which must exist (the bus creates them at start)."""
     consumer = AIOKafkaConsumer(bootstrap_servers=pipeline.bootstrap_servers)
     await consumer.start()
     try:
         counts: dict[str, int] = {}
-        for name, tps in sorted(dlqs.items()):
+        for item in ("in", "mediate", "out"):
+            topic = f"{pipeline.id}-{item}.dlq"
+            tps = await topic_partitions(pipeline.bootstrap_servers, topic)
+            assert tps, f"the dead-letter topic {topic} does not exist"
             ends = await consumer.end_offsets(tps)
             starts = await consumer.beginning_offsets(tps)
-            counts[name] = sum(ends[tp] - starts[tp] for tp in tps)
+            counts[topic] = sum(ends[tp] - starts[tp] for tp in tps)
         return counts
     finally:
         await consumer.stop()
@@ -371,26 +350,21 @@ async def dead_letters(pipeline: Pipeline) -> dict[str, int]:
 async def ids_per_key(bootstrap_servers: str, topic: str) -> dict[str, list[str]]:
     """Every record of `topic`, read from the start: per key, the event ids (ce_id) in log
     order, a repeated id (a record written again) kept at its first place."""
+    partitions = await topic_partitions(bootstrap_servers, topic)
+    assert partitions, f"the topic {topic} does not exist"
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap_servers, enable_auto_commit=False)
-    partitions = (await partitions_of(bootstrap_servers, topic))[topic]
     await consumer.start()
     try:
-        consumer.assign(partitions)
-        await consumer.seek_to_beginning(*partitions)
+        starts = await consumer.beginning_offsets(partitions)
         ends = await consumer.end_offsets(partitions)
         order: dict[str, list[str]] = {}
         seen: set[str] = set()
         async with asyncio.timeout(60):
-            while [tp for tp in partitions if await consumer.position(tp) < ends[tp]]:
-                batch = await consumer.getmany(timeout_ms=500)
-                for records in batch.values():
-                    for record in records:
-                        event_id = dict(record.headers)["ce_id"].decode()
-                        if event_id in seen:
-                            continue
-                        seen.add(event_id)
-                        key = (record.key or b"").decode()
-                        order.setdefault(key, []).append(event_id)
+            async for record in scan(consumer, {tp: (starts[tp], ends[tp]) for tp in partitions}):
+                event_id = dict(record.headers)["ce_id"].decode()
+                if event_id not in seen:
+                    seen.add(event_id)
+                    order.setdefault((record.key or b"").decode(), []).append(event_id)
         return order
     finally:
         await consumer.stop()
