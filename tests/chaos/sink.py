@@ -31,6 +31,7 @@ class Call:
     body: Any
     at: float  # time.monotonic() when it was answered
     applied: bool  # the first call with its idempotency key
+    started: float = 0.0  # time.monotonic() when the request came in
 
 
 @dataclass
@@ -129,6 +130,7 @@ class ChaosSink:
     # -- serving ---------------------------------------------------------------------------
 
     async def _customer(self, request: web.Request) -> web.Response:
+        started = time.monotonic()
         self.in_flight += 1
         self.max_in_flight = max(self.max_in_flight, self.in_flight)
         try:
@@ -146,7 +148,7 @@ class ChaosSink:
             body = await request.json()
             customer = request.match_info["id"]
             applied = key not in self.unique
-            call = Call(customer, key, body, time.monotonic(), applied)
+            call = Call(customer, key, body, time.monotonic(), applied, started)
             self.calls.append(call)
             if applied:
                 self.unique[key] = call
