@@ -35,7 +35,9 @@ async def test_sigterm_finishes_the_calls_on_the_wire_and_loses_nothing(
         signalled = time.monotonic()
         assert await p.stop_bus() == 0
         exited = time.monotonic()
-        assert STOPPED_CLEANLY in p.own_log(), p.own_log()[-3000:]
+        log = p.own_log()
+        assert "SIGTERM: stopping; in-flight work gets 20 s to finish" in log, log[-3000:]
+        assert STOPPED_CLEANLY in log, log[-3000:]
         await asyncio.sleep(1.2)  # any call the bus had left behind is answered by now
         on_the_wire = [c for c in sink.calls if c.started < signalled < c.at]
         assert on_the_wire

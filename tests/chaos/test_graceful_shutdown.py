@@ -50,6 +50,8 @@ async def test_sigterm_under_load_drains_and_loses_nothing(
             code = await pipeline.stop_bus()
             took = time.monotonic() - asked
             calls_while_stopping = len(sink.calls) - calls_before
+            # Counted from the moment the signal was sent, before the bus could handle it.
+            started_after = sum(1 for call in sink.calls if call.started > asked)
             log = pipeline.own_log()
             assert code == 0, log[-3000:]
             assert STOPPED_CLEANLY in log, log[-3000:]
@@ -61,6 +63,7 @@ async def test_sigterm_under_load_drains_and_loses_nothing(
                     "backlog_at_sigterm": backlog,
                     "calls_on_the_wire": on_the_wire,
                     "calls_while_stopping": calls_while_stopping,
+                    "calls_started_after_sigterm": started_after,
                 }
             )
             print(f"graceful-shutdown: SIGTERM #{len(stops)}: {stops[-1]}")
@@ -75,6 +78,7 @@ async def test_sigterm_under_load_drains_and_loses_nothing(
         "graceful-shutdown",
         **tally,
         dead_letters=dead,
+        refusals=dict(pipeline.load.refusals),
         stored_twice=stored - tally["accepted"],
         shutdowns=stops,
         duplicate_bound=bound,

@@ -82,6 +82,7 @@ async def test_sigkill_under_load_loses_nothing(
         "worker-crash",
         **tally,
         dead_letters=dead,
+        refusals=dict(pipeline.load.refusals),
         kills=len(kills),
         kill_moments=kills,
         seed=seed,
