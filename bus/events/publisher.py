@@ -16,7 +16,7 @@ from bus.events.catalog import SchemaCatalog
 from bus.events.codec import EventCodec, SchemaIds
 from bus.events.event import Event
 from bus.events.validation import new_event
-from bus.inbound.ingest import BROKEN_PRODUCER_ERRORS
+from bus.inbound.ingest import BROKEN_PRODUCER_ERRORS, discard_outcome
 from bus.kafka_clients import durable_producer
 
 
@@ -134,6 +134,8 @@ class Publisher:
                     f"within {self.deadline:g} s (no metadata for the topic, or the send buffer "
                     "is full); the event is not stored, publish it again"
                 ) from None
+            # Its outcome is no one's to wait for now; taking it spares a "never retrieved" log.
+            delivery.add_done_callback(discard_outcome)
             raise PublishError(
                 f"Kafka did not acknowledge event {event.id} ({event.type}) on topic {topic!r} "
                 f"within {self.deadline:g} s; the producer keeps it, so it may still be stored: "

@@ -175,6 +175,8 @@ class Ingest:
                     f"{self.deadline:g} s (no metadata for the topic or the send buffer is "
                     "full); it was not stored"
                 ) from None
+            # Its outcome is no one's to wait for now; taking it spares a "never retrieved" log.
+            delivery.add_done_callback(discard_outcome)
             self._stall(topic, delivery)
             raise StorageUnavailableError(
                 f"Kafka did not acknowledge event {event.id} on {topic!r} within "
@@ -240,3 +242,9 @@ class Ingest:
                 log.info("inbound: Kafka acknowledges events on %r again", topic)
 
         delivery.add_done_callback(settled)
+
+
+def discard_outcome(delivery: "asyncio.Future[RecordMetadata]") -> None:
+    """A done callback for a send no one awaits any more: takes its exception, if any."""
+    if not delivery.cancelled():
+        delivery.exception()

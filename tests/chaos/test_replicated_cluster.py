@@ -68,8 +68,9 @@ async def partition_state(bootstrap_servers: str) -> dict[str, Any]:
         (topic,) = await admin.describe_topics([TOPIC])
     finally:
         await admin.close()
-    (partition,) = topic["partitions"]
-    return dict(partition)
+    # A node that has not caught up with the topic's creation yet knows no partition of it.
+    partitions = topic["partitions"]
+    return dict(partitions[0]) if partitions else {}
 
 
 async def controller_id(bootstrap_servers: str) -> int:
