@@ -11,7 +11,8 @@ once Kafka is back; the key makes the retry the same event.
 So that a Kafka outage does not turn every request into such a send, and does not hold every
 caller for the whole deadline: once a send to a topic has timed out, further events for that
 topic are refused at once (503, not handed to the producer, so certainly not stored) until the
-producer's pending send is acknowledged, which is the producer itself saying Kafka is back.
+producer's pending send is acknowledged, which is the producer itself saying Kafka is back (or,
+if the producer gave that send up, until RETRY_AFTER_S later, when one event may try again).
 
 Each store is an `inbound` hop of the endpoint's item (`bus.telemetry.hub`): a PRODUCER span,
 child of the request's SERVER span, whose context the stored record carries.
@@ -89,6 +90,8 @@ class Ingest:
         self._started = asyncio.Event()
         # topic -> the send that outlived the deadline there, while Kafka has not acknowledged it
         self._stalled: dict[str, asyncio.Future[RecordMetadata]] = {}
+        # topic -> loop time until which events for it are refused after a stalled send failed
+        self._cooling: dict[str, float] = {}
         self._closing: set[asyncio.Task[None]] = set()  # replaced producers, being stopped
         self._connecting: asyncio.Task[None] | None = None
 
@@ -154,7 +157,8 @@ class Ingest:
                 f"the schema registry is unavailable ({error}); event {event.id} was not stored"
             ) from error
         stalled = self._stalled.get(topic)
-        if stalled is not None and not stalled.done():
+        now = asyncio.get_running_loop().time()
+        if (stalled is not None and not stalled.done()) or now < self._cooling.get(topic, 0.0):
             raise StorageUnavailableError(
                 f"Kafka has not yet acknowledged an earlier event on {topic!r} that took longer "
                 f"than {self.deadline:g} s; event {event.id} was not stored"
@@ -209,6 +213,7 @@ class Ingest:
         )
         self._started.clear()
         self._stalled.clear()
+        self._cooling.clear()
         fresh = durable_producer(self._bootstrap_servers, **self._options)
         self._producer = fresh
         if self._connecting is not None:
@@ -240,6 +245,12 @@ class Ingest:
                 del self._stalled[topic]
             if not done.cancelled() and done.exception() is None:
                 log.info("inbound: Kafka acknowledges events on %r again", topic)
+            else:
+                # Failed, not taken (the producer gives up a batch whose partition has had no
+                # leader for its request timeout): Kafka is no better, so refuse a while more
+                # before one event may try again, rather than hold every caller once more.
+                loop_time = asyncio.get_running_loop().time()
+                self._cooling[topic] = loop_time + RETRY_AFTER_S
 
         delivery.add_done_callback(settled)
 
