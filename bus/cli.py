@@ -97,15 +97,21 @@ async def _run_flows(
 ) -> None:
     stop = asyncio.Event()
 
-    def on_signal() -> None:
+    def on_signal(signum: signal.Signals) -> None:
         if stop.is_set():  # a second Ctrl-C: stop now, whatever is in flight
             log.warning("stopping at once: in-flight work is not committed")
             os._exit(130)
+        # When the stop began, in the log: what was started before it is finished, not after.
+        log.info(
+            "%s: stopping; in-flight work gets %g s to finish (a second signal stops at once)",
+            signum.name,
+            shutdown_grace,
+        )
         stop.set()
 
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(signum, on_signal)
+        loop.add_signal_handler(signum, on_signal, signum)
     names = select(flows, only)
     # Build once before connecting: a flow that cannot start should say so before anything else.
     declared = {item.name: _lookup_not_started for item in flows.lookups}

@@ -770,6 +770,40 @@ async def test_stop_finishes_the_call_under_way_and_commits(
     assert len(endpoint.calls) == 6
 
 
+async def test_no_call_goes_out_once_told_to_stop(
+    bootstrap_servers: str, topics: Topics, endpoint: Endpoint, session: aiohttp.ClientSession
+) -> None:
+    """A stop is obeyed at the next call, not only at the runner's next poll (up to 100 ms
+    later): the call under way finishes, and its key's next record, whose call would go out as
+    soon as the slot is free, is left to the next owner."""
+    stop = asyncio.Event()
+
+    def delay(call: Call) -> float:
+        if call.seq == 2:
+            stop.set()  # as SIGTERM would, while the third call is under way
+        return 0.02
+
+    endpoint.delay = delay
+    await publish(bootstrap_servers, topics.source, keys=1, per_key=6)
+    plan = plan_for(topics, "stop-at-once")
+    first = DeliveryRunner(
+        plan, delivery(endpoint, session), EventCodec(CATALOG), bootstrap_servers
+    )
+    task = asyncio.create_task(first.run(stop))
+    watched.append(task)
+    await asyncio.wait_for(task, 30)
+    assert [call.seq for call in endpoint.calls] == [0, 1, 2]
+    assert first.delivered == 3
+
+    endpoint.delay = lambda call: 0.0
+    second = DeliveryRunner(
+        plan, delivery(endpoint, session), EventCodec(CATALOG), bootstrap_servers
+    )
+    async with running(second):
+        await eventually("the other three", lambda: len(endpoint.delivered) == 6)
+    assert endpoint.delivered == [f"k0-{seq}" for seq in range(6)]  # none twice, none lost
+
+
 async def test_revocation_hands_partitions_over_without_overlap(
     bootstrap_servers: str, topics: Topics, endpoint: Endpoint, session: aiohttp.ClientSession
 ) -> None:

@@ -186,12 +186,14 @@ class DeliveryRunner:
         self._slots = asyncio.Semaphore(plan.max_in_flight)
         self._producer: AIOKafkaProducer | None = None
         self._paused = False
+        self._stop = asyncio.Event()  # the caller's, once `run` has it
         self._status = self.telemetry.board.item(plan.name, "outbound")
 
     async def run(self, stop: asyncio.Event) -> None:
         """Deliver until `stop` is set; then let the calls under way finish (start no others),
         commit what is done and leave the group. If the caller cancels this (its grace is
         over), the calls still under way are abandoned, and what is done is still committed."""
+        self._stop = stop
         status = self._status
         status.breaker = self.plan.breaker
         status.dead_letter_topic = self.plan.dead_letter_topic
@@ -357,7 +359,7 @@ class DeliveryRunner:
                 return
             scope.event(decoded.event)
             outcome = await self._deliver(decoded, chain, scope)
-            if outcome is None:  # the partition is being given up between attempts
+            if outcome is None:  # the partition is being given up (or the runner stopped)
                 scope.hop.outcome = "failed"
                 scope.hop.error = "handed over undelivered: the partition's next owner delivers it"
                 return
@@ -383,6 +385,8 @@ class DeliveryRunner:
         calls = 0  # made: the hop's attempts
         while True:
             outcome = await self._attempt(decoded, chain, scope)
+            if outcome is None:  # told to stop before the call went out
+                return None
             calls += 1
             scope.hop.attempts = calls
             if isinstance(outcome, _Answered):
@@ -406,8 +410,11 @@ class DeliveryRunner:
 
     async def _attempt(
         self, decoded: DecodedEvent, chain: Chain[_Taken], scope: HopScope
-    ) -> _Outcome:
-        """One call, once the breaker, a free call slot and the rate limit let it go."""
+    ) -> _Outcome | None:
+        """One call, once the breaker, a free call slot and the rate limit let it go; None if
+        the runner was told to stop meanwhile: no call goes out after a stop (the consuming
+        loop, which stops the chains, notices it only at its next poll, up to `POLL_MS` later,
+        and a chain whose slot freed meanwhile would otherwise call again)."""
         breaker, limiter = self.plan.breaker, self.plan.limiter
         while True:
             if breaker is not None:
@@ -415,6 +422,8 @@ class DeliveryRunner:
             async with self._slots:
                 if limiter is not None:
                     await limiter.acquire()
+                if self._stop.is_set():
+                    return None
                 # Nothing awaited between asking the breaker and calling: a call never goes out
                 # after the breaker opened.
                 if breaker is None or breaker.allow():

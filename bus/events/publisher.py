@@ -1,11 +1,14 @@
 """The publisher API for internal systems: validated canonical events, stored with acks=all."""
 
+import asyncio
 from collections.abc import Mapping
 from datetime import datetime
 from types import TracebackType
 from typing import Any, Self
 
+from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
+from aiokafka.structs import RecordMetadata
 from pydantic import BaseModel
 
 from bus.errors import PublishError
@@ -13,11 +16,13 @@ from bus.events.catalog import SchemaCatalog
 from bus.events.codec import EventCodec, SchemaIds
 from bus.events.event import Event
 from bus.events.validation import new_event
+from bus.inbound.ingest import BROKEN_PRODUCER_ERRORS, discard_outcome
 from bus.kafka_clients import durable_producer
 
 
 class Publisher:
-    """Publishes events to Kafka; `publish` returns only once every in-sync replica has it.
+    """Publishes events to Kafka; `publish` returns only once every in-sync replica has it, or
+    raises PublishError, at the latest after `deadline` seconds (Kafka unreachable, no leader).
 
     ```python
     catalog = SchemaCatalog.load(Path("schemas"))
@@ -35,11 +40,18 @@ class Publisher:
         *,
         source: str,
         registry: SchemaIds | None = None,
+        deadline: float = 30.0,
         **producer_options: Any,
     ) -> None:
         self.source = source
         self.codec = EventCodec(catalog, registry)
+        # The idempotent producer retries a send until Kafka takes it, however long Kafka is
+        # away: without a deadline, `publish` would wait out a whole outage.
+        self.deadline = deadline
+        self._bootstrap_servers = bootstrap_servers
+        self._options = producer_options
         self._producer = durable_producer(bootstrap_servers, **producer_options)
+        self._renewing = asyncio.Lock()
 
     async def start(self) -> None:
         try:
@@ -51,6 +63,18 @@ class Publisher:
 
     async def stop(self) -> None:
         await self._producer.stop()
+
+    async def _renew(self, broken: AIOKafkaProducer) -> None:
+        """A new producer (a new producer id) in place of `broken`, whose sequence numbers
+        Kafka refuses for good (see bus.inbound.ingest.BROKEN_PRODUCER_ERRORS), so that the
+        next `publish` can succeed without the caller making a new Publisher."""
+        async with self._renewing:
+            if id(self._producer) != id(broken):
+                return  # a concurrent publish renewed it already
+            fresh = durable_producer(self._bootstrap_servers, **self._options)
+            await broken.stop()
+            await fresh.start()
+            self._producer = fresh
 
     async def __aenter__(self) -> Self:
         await self.start()
@@ -93,11 +117,33 @@ class Publisher:
     async def send(self, topic: str, event: Event, trace: Mapping[str, str] | None = None) -> None:
         """Produce an already built event (its data in Avro-ready Python types)."""
         record = await self.codec.encode(event, trace)
+        delivery: asyncio.Future[RecordMetadata] | None = None
+        producer = self._producer
         try:
-            await self._producer.send_and_wait(
-                topic, record.value, key=record.key, headers=list(record.headers)
-            )
+            async with asyncio.timeout(self.deadline):
+                # Cancelled in `send`, the record was never taken; once `send` returned, the
+                # producer holds it until Kafka acknowledges it, whatever happens to this call.
+                delivery = await producer.send(
+                    topic, record.value, key=record.key, headers=list(record.headers)
+                )
+                await asyncio.shield(delivery)
+        except TimeoutError:
+            if delivery is None:
+                raise PublishError(
+                    f"Kafka did not take event {event.id} ({event.type}) for topic {topic!r} "
+                    f"within {self.deadline:g} s (no metadata for the topic, or the send buffer "
+                    "is full); the event is not stored, publish it again"
+                ) from None
+            # Its outcome is no one's to wait for now; taking it spares a "never retrieved" log.
+            delivery.add_done_callback(discard_outcome)
+            raise PublishError(
+                f"Kafka did not acknowledge event {event.id} ({event.type}) on topic {topic!r} "
+                f"within {self.deadline:g} s; the producer keeps it, so it may still be stored: "
+                "publish it again with the same event_id, so that it stays one event"
+            ) from None
         except KafkaError as error:
+            if isinstance(error, BROKEN_PRODUCER_ERRORS):
+                await self._renew(producer)
             raise PublishError(
                 f"Kafka did not acknowledge event {event.id} ({event.type}) on topic {topic!r}: "
                 f"{error}; the event is not stored, publish it again"

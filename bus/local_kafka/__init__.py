@@ -7,6 +7,7 @@ from bus.local_kafka.broker import (
     secure_listener_properties,
     single_node_properties,
 )
+from bus.local_kafka.cluster import LocalKafkaCluster
 from bus.local_kafka.distribution import KafkaDistribution
 from bus.local_kafka.embedded import bootstrap_servers_for, local_kafka_from
 
@@ -14,6 +15,7 @@ __all__ = [
     "BrokerStatus",
     "KafkaDistribution",
     "LocalKafka",
+    "LocalKafkaCluster",
     "SecureListener",
     "bootstrap_servers_for",
     "local_kafka_from",
