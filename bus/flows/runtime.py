@@ -421,7 +421,12 @@ async def _keep_running(
             try:
                 await run_once()
                 return
-            except Exception as error:
+            except (Exception, asyncio.CancelledError) as error:
+                if isinstance(error, asyncio.CancelledError) and _being_cancelled():
+                    raise
+                # A CancelledError when no one cancelled this task comes from a future cancelled
+                # under it (aiokafka cancels pending sends when the broker goes away): a failure
+                # like any other, else the item would end quietly with Kafka back and work left.
                 if time.monotonic() - started > HEALTHY_RUN:
                     wait = RESTART_BACKOFF[0]  # a new failure after a good run, not a crash loop
                 status.enter(ItemState.RESTARTING, error)
@@ -431,3 +436,8 @@ async def _keep_running(
             wait = min(wait * 2, RESTART_BACKOFF[1])
     finally:
         status.enter(ItemState.STOPPED)
+
+
+def _being_cancelled() -> bool:
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0
