@@ -17,7 +17,7 @@ export UV_PYTHON_DOWNLOADS := never
 help:
 	@echo "make run    the demo: Kafka (local unless KAFKA_BOOTSTRAP_SERVERS), the demo systems, bus run on examples/flows,"
 	@echo "           a steady load and a live view; Ctrl-C drains, stops all and prints the summary (ARGS=\"--help\")"
-	@echo "make test   set up, lint, and run the whole test suite against a real Kafka broker"
+	@echo "make test   set up, lint, and run the test suite against real Kafka brokers (two workers)"
 	@echo "make chaos  the long fault runs (worker crashes, broker restarts, a 3-broker cluster, outages):"
 	@echo "           counts into .bus/chaos-results.json, quoted in docs/reliability.md"
 	@echo "make lint   ruff and mypy --strict"
