@@ -94,9 +94,10 @@ class AuthorizationError(BusError):
     """A caller proved who it is but may not do this (a JWT without the required scope or claim);
     the inbound adapters answer 403 Forbidden. `reason` is safe to send back, as for 401."""
 
-    def __init__(self, reason: str) -> None:
+    def __init__(self, reason: str, *, challenge: str | None = None) -> None:
         super().__init__(reason)
         self.reason = reason
+        self.challenge = challenge  # RFC 6750 §3.1: a missing scope is told in WWW-Authenticate
 
 
 class DeliveryError(BusError):

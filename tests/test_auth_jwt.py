@@ -657,6 +657,10 @@ async def test_a_missing_scope_is_a_403(
         await verifier.authenticate(bearer(token()), now=NOW)
 
     assert caught.value.reason == "the token lacks the required scope(s): events:admin"
+    assert caught.value.challenge is not None
+    assert caught.value.challenge.endswith(
+        ', error="insufficient_scope", scope="events:write events:admin"'
+    )
 
 
 async def test_scopes_may_come_as_an_scp_list(

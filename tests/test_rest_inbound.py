@@ -493,9 +493,10 @@ async def test_jwt_bearer_tokens(bus: Bus) -> None:
     assert (await bus.post("/jwt", CUSTOMER, headers=bearer(token(aud="other"))))[0] == 401
     unsigned = jwt.encode({"iss": "https://idp.test", "aud": "bus"}, None, algorithm="none")
     assert (await bus.post("/jwt", CUSTOMER, headers=bearer(unsigned)))[0] == 401
-    status, problem, _ = await bus.post("/jwt", CUSTOMER, headers=bearer(token(scope="read")))
+    status, problem, headers = await bus.post("/jwt", CUSTOMER, headers=bearer(token(scope="read")))
     assert status == 403
     assert "events.write" in problem["detail"]
+    assert 'error="insufficient_scope"' in headers["WWW-Authenticate"]
 
 
 # -- the publish API and the OpenAPI document ---------------------------------------------------

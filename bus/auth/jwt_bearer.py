@@ -318,7 +318,11 @@ class JwtBearer:
         granted = token_scopes(claims)
         missing = [scope for scope in self.scopes if scope not in granted]
         if missing:
-            raise AuthorizationError(f"the token lacks the required scope(s): {' '.join(missing)}")
+            raise AuthorizationError(
+                f"the token lacks the required scope(s): {' '.join(missing)}",
+                challenge=f'{self.challenge}, error="insufficient_scope", '
+                f'scope="{" ".join(self.scopes)}"',
+            )
         for name, expected in self.claims.items():
             # bool is an int in Python; `true` must not satisfy a required 1, nor the reverse.
             value = claims.get(name)

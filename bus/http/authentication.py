@@ -40,7 +40,8 @@ async def authenticate(
             401, "unauthenticated", "Authentication failed", refused.reason, headers=challenge
         ) from None
     except AuthorizationError as refused:
-        raise Problem(403, "forbidden", "Not allowed", refused.reason) from None
+        challenge = {"WWW-Authenticate": refused.challenge} if refused.challenge else {}
+        raise Problem(403, "forbidden", "Not allowed", refused.reason, headers=challenge) from None
     except KeySetUnavailableError as error:
         log.warning("%s: cannot verify tokens: %s", who, error)
         raise unavailable(
