@@ -14,15 +14,38 @@ pass only the bootstrap servers.
   the caller's options, for what needs no such guarantee (or sets its own, as transactions do).
 """
 
+import asyncio
 from typing import Any
 
 from aiokafka import AIOKafkaClient, AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.conn import AIOKafkaConnection, create_conn
+from aiokafka.errors import (
+    InvalidProducerEpoch,
+    InvalidProducerIdMapping,
+    OutOfOrderSequenceNumber,
+    UnknownProducerId,
+)
+from aiokafka.structs import RecordMetadata
 
 from bus.kafka_security import KafkaSecurity, kafka_security
 
 REBALANCE_TIMEOUT_MS = 60_000  # how long the group waits for a member to finish and hand over
+
+# What Kafka answers a producer whose sequence numbers or id it no longer accepts: every later
+# send fails the same way, so the producer is replaced by a new one (a new producer id).
+BROKEN_PRODUCER_ERRORS = (
+    OutOfOrderSequenceNumber,
+    UnknownProducerId,
+    InvalidProducerEpoch,
+    InvalidProducerIdMapping,
+)
+
+
+def discard_outcome(delivery: "asyncio.Future[RecordMetadata]") -> None:
+    """A done callback for a send no one awaits any more: takes its exception, if any."""
+    if not delivery.cancelled():
+        delivery.exception()
 
 
 def security_options(security: KafkaSecurity | None = None) -> dict[str, Any]:

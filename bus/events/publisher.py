@@ -16,8 +16,7 @@ from bus.events.catalog import SchemaCatalog
 from bus.events.codec import EventCodec, SchemaIds
 from bus.events.event import Event
 from bus.events.validation import new_event
-from bus.inbound.ingest import BROKEN_PRODUCER_ERRORS, discard_outcome
-from bus.kafka_clients import durable_producer
+from bus.kafka_clients import BROKEN_PRODUCER_ERRORS, discard_outcome, durable_producer
 
 
 class Publisher:
@@ -66,7 +65,7 @@ class Publisher:
 
     async def _renew(self, broken: AIOKafkaProducer) -> None:
         """A new producer (a new producer id) in place of `broken`, whose sequence numbers
-        Kafka refuses for good (see bus.inbound.ingest.BROKEN_PRODUCER_ERRORS), so that the
+        Kafka refuses for good (see bus.kafka_clients.BROKEN_PRODUCER_ERRORS), so that the
         next `publish` can succeed without the caller making a new Publisher."""
         async with self._renewing:
             if id(self._producer) != id(broken):

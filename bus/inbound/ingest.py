@@ -24,34 +24,17 @@ import logging
 from collections.abc import Mapping
 
 from aiokafka import AIOKafkaProducer
-from aiokafka.errors import (
-    InvalidProducerEpoch,
-    InvalidProducerIdMapping,
-    KafkaError,
-    MessageSizeTooLargeError,
-    OutOfOrderSequenceNumber,
-    UnknownProducerId,
-)
+from aiokafka.errors import KafkaError, MessageSizeTooLargeError
 from aiokafka.structs import RecordMetadata
 
 from bus.errors import BusError, SchemaRegistryError
 from bus.events.codec import EventCodec
 from bus.events.event import Event
-from bus.kafka_clients import durable_producer
+from bus.kafka_clients import BROKEN_PRODUCER_ERRORS, discard_outcome, durable_producer
 from bus.telemetry.hub import Telemetry
 
 log = logging.getLogger(__name__)
 RETRY_AFTER_S = 5  # what a 503 tells the caller: long enough for a leader election
-
-
-# What Kafka answers a producer whose sequence numbers or id it no longer accepts: every later
-# send fails the same way, so the producer is replaced by a new one (a new producer id).
-BROKEN_PRODUCER_ERRORS = (
-    OutOfOrderSequenceNumber,
-    UnknownProducerId,
-    InvalidProducerEpoch,
-    InvalidProducerIdMapping,
-)
 
 
 class StorageUnavailableError(BusError):
@@ -253,9 +236,3 @@ class Ingest:
                 self._cooling[topic] = loop_time + RETRY_AFTER_S
 
         delivery.add_done_callback(settled)
-
-
-def discard_outcome(delivery: "asyncio.Future[RecordMetadata]") -> None:
-    """A done callback for a send no one awaits any more: takes its exception, if any."""
-    if not delivery.cancelled():
-        delivery.exception()
