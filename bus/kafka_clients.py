@@ -21,9 +21,9 @@ from aiokafka import AIOKafkaClient, AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.conn import AIOKafkaConnection, create_conn
 from aiokafka.errors import (
-    InvalidProducerEpoch,
     InvalidProducerIdMapping,
     OutOfOrderSequenceNumber,
+    ProducerFenced,
     UnknownProducerId,
 )
 from aiokafka.structs import RecordMetadata
@@ -34,10 +34,11 @@ REBALANCE_TIMEOUT_MS = 60_000  # how long the group waits for a member to finish
 
 # What Kafka answers a producer whose sequence numbers or id it no longer accepts: every later
 # send fails the same way, so the producer is replaced by a new one (a new producer id).
+# (aiokafka reports the broker's INVALID_PRODUCER_EPOCH as ProducerFenced.)
 BROKEN_PRODUCER_ERRORS = (
     OutOfOrderSequenceNumber,
     UnknownProducerId,
-    InvalidProducerEpoch,
+    ProducerFenced,
     InvalidProducerIdMapping,
 )
 
@@ -46,6 +47,18 @@ def discard_outcome(delivery: "asyncio.Future[RecordMetadata]") -> None:
     """A done callback for a send no one awaits any more: takes its exception, if any."""
     if not delivery.cancelled():
         delivery.exception()
+
+
+async def stop_within(producer: AIOKafkaProducer, seconds: float) -> bool:
+    """Stop `producer`, giving what it still holds `seconds` to be acknowledged; say whether it
+    stopped in time. An idempotent producer flushes before it stops and never expires a batch
+    whose partition has a leader it cannot reach, so an unbounded stop would wait out a Kafka
+    outage: a process told to stop would not."""
+    try:
+        await asyncio.wait_for(producer.stop(), seconds)
+    except TimeoutError:
+        return False
+    return True
 
 
 def security_options(security: KafkaSecurity | None = None) -> dict[str, Any]:

@@ -786,14 +786,19 @@ async def test_no_call_goes_out_once_told_to_stop(
     endpoint.delay = delay
     await publish(bootstrap_servers, topics.source, keys=1, per_key=6)
     plan = plan_for(topics, "stop-at-once")
+    board = StatusBoard()
     first = DeliveryRunner(
-        plan, delivery(endpoint, session), EventCodec(CATALOG), bootstrap_servers
-    )
+        plan, delivery(endpoint, session), EventCodec(CATALOG), bootstrap_servers,
+        telemetry=Telemetry(Tracing.disabled(), None, BusMetrics(board), board),
+    )  # fmt: skip
     task = asyncio.create_task(first.run(stop))
     watched.append(task)
     await asyncio.wait_for(task, 30)
     assert [call.seq for call in endpoint.calls] == [0, 1, 2]
     assert first.delivered == 3
+    # One record is handed over undelivered; the key's others wait untouched, not each handed
+    # over in turn.
+    assert board.item("stop-at-once", "outbound").counters.failed == 1
 
     endpoint.delay = lambda call: 0.0
     second = DeliveryRunner(

@@ -564,3 +564,55 @@ async def test_bus_run_serves_a_webhook_over_sasl_ssl(
         await consumer.stop()
     [event] = await decode([record])
     assert event.data["customerId"] == "c-7"
+
+
+class HangingUp:
+    """A real listener that accepts and at once closes connections, as a broker that is shutting
+    down does; after `times` of them it stops listening."""
+
+    def __init__(self, times: int) -> None:
+        self.times = times
+        self.accepted = 0
+        self.server: asyncio.Server | None = None
+
+    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.accepted += 1
+        writer.close()
+        if self.accepted >= self.times and self.server is not None:
+            self.server.close()
+
+    async def __aenter__(self) -> str:
+        self.server = await asyncio.start_server(self._accept, "127.0.0.1", 0)
+        port = self.server.sockets[0].getsockname()[1]
+        return f"127.0.0.1:{port}"
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self.server is not None
+        self.server.close()
+
+
+async def test_a_broker_hanging_up_does_not_hide_one_that_answers(bootstrap_servers: str) -> None:
+    # One broker of the list shutting down: the preflight goes on to the next one and passes,
+    # rather than tell of a protocol mismatch.
+    async with HangingUp(times=10) as closing:
+        assert await answers_metadata(
+            f"{closing},{bootstrap_servers}",
+            within=FAST,
+            security=KafkaSecurity.from_variables({}),
+            strict=True,
+        )
+
+
+async def test_a_lone_broker_that_hangs_up_once_is_asked_again_before_it_is_blamed() -> None:
+    security = KafkaSecurity.from_variables({})
+    # It hangs up once and then is gone (a broker going down): down, not a protocol mismatch.
+    going_down = HangingUp(times=1)
+    async with going_down as address:
+        assert not await answers_metadata(address, within=FAST, security=security, strict=True)
+    assert going_down.accepted == 1
+    # It hangs up every time: that listener speaks another protocol.
+    mismatched = HangingUp(times=100)
+    async with mismatched as address:
+        with pytest.raises(KafkaAuthenticationError, match="closed it during the PLAINTEXT"):
+            await answers_metadata(address, within=FAST, security=security, strict=True)
+    assert mismatched.accepted >= 4  # a probe and a handshake, twice

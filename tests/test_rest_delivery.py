@@ -127,6 +127,8 @@ async def test_a_url_that_does_not_parse_is_permanent_and_not_echoed(server: Ser
         with pytest.raises(PermanentDeliveryError, match="URL is not valid") as caught:
             await delivery.call(order())
     assert "pa/ss-w0rd" not in str(caught.value)
+    assert caught.value.__cause__ is None  # aiohttp's InvalidURL is the URL: not in a traceback
+    assert caught.value.__suppress_context__
     assert server.seen == []
 
 

@@ -148,7 +148,7 @@ class RestDelivery:
                     body=parsed_body(answer.content_type, raw),
                 )
         except (TimeoutError, aiohttp.ClientError) as error:
-            raise transport_error(error, url, self.timeout.total) from error
+            raise transport_error(error, url, self.timeout.total)  # noqa: B904 (its cause is set)
 
 
 def _classified(response: Response) -> Response:

@@ -102,7 +102,12 @@ from bus.flows.expressions import Expression, ExpressionError, compile_expressio
 from bus.flows.model import Block, Duration, duration_field
 from bus.flows.model import Expression as ExpressionText
 from bus.flows.steps.base import attributes_of
-from bus.http.client import credentials_error, status_error, transport_error
+from bus.http.client import (
+    credentials_error,
+    invalid_url_error,
+    status_error,
+    transport_error,
+)
 from bus.http.retry_after import parse_retry_after
 from bus.inbound.idempotency import HEADER as IDEMPOTENCY_HEADER
 
@@ -445,11 +450,14 @@ class SoapCall:
                 await self.auth.apply(headers, query)
             except DeliveryError as error:
                 raise credentials_error(error) from error
-        address = str(URL(self.address).update_query(query)) if query else self.address
+        try:
+            address = str(URL(self.address).update_query(query)) if query else self.address
+        except ValueError:
+            raise invalid_url_error(self.address) from None
         try:
             return await self.transport.send(address, message, headers, seconds=self.seconds)
         except (TimeoutError, aiohttp.ClientError) as error:
-            raise transport_error(error, self.address, self.seconds) from error
+            raise transport_error(error, self.address, self.seconds)  # noqa: B904 (its cause is set)
         except ResponseTooLargeError as error:
             raise PermanentDeliveryError(str(error), status=error.status) from error
 

@@ -423,6 +423,10 @@ class DeliveryRunner:
                 if limiter is not None:
                     await limiter.acquire()
                 if self._stop.is_set():
+                    # The rest of the chain waits for the next run too: going on would only
+                    # hop them as handed over, and could dead-letter a later record of this
+                    # key ahead of this one.
+                    chain.stopping = True
                     return None
                 # Nothing awaited between asking the breaker and calling: a call never goes out
                 # after the breaker opened.

@@ -1,6 +1,7 @@
 """The publisher API for internal systems: validated canonical events, stored with acks=all."""
 
 import asyncio
+import logging
 from collections.abc import Mapping
 from datetime import datetime
 from types import TracebackType
@@ -16,7 +17,14 @@ from bus.events.catalog import SchemaCatalog
 from bus.events.codec import EventCodec, SchemaIds
 from bus.events.event import Event
 from bus.events.validation import new_event
-from bus.kafka_clients import BROKEN_PRODUCER_ERRORS, discard_outcome, durable_producer
+from bus.kafka_clients import (
+    BROKEN_PRODUCER_ERRORS,
+    discard_outcome,
+    durable_producer,
+    stop_within,
+)
+
+log = logging.getLogger(__name__)
 
 
 class Publisher:
@@ -50,30 +58,61 @@ class Publisher:
         self._bootstrap_servers = bootstrap_servers
         self._options = producer_options
         self._producer = durable_producer(bootstrap_servers, **producer_options)
-        self._renewing = asyncio.Lock()
+        self._started = False  # whether `_producer` is started; a renewed one starts on use
+        self._starting = asyncio.Lock()
+        self._closing: set[asyncio.Task[bool]] = set()
 
     async def start(self) -> None:
         try:
-            await self._producer.start()
+            await self._ready_producer()
         except KafkaError as error:
             raise PublishError(
                 f"cannot connect the publisher to Kafka: {error}; check the bootstrap servers"
             ) from error
 
     async def stop(self) -> None:
-        await self._producer.stop()
+        """Stop, giving sends still unacknowledged up to `deadline` seconds."""
+        stopped = await stop_within(self._producer, self.deadline)
+        if self._closing:
+            await asyncio.gather(*self._closing, return_exceptions=True)
+        if not stopped:
+            log.warning(
+                "publisher: Kafka did not acknowledge what it still held within %g s of "
+                "stopping; those events may not be stored",
+                self.deadline,
+            )
 
-    async def _renew(self, broken: AIOKafkaProducer) -> None:
+    async def _ready_producer(self) -> AIOKafkaProducer:
+        """The producer, started. One whose start fails is set aside for a new one, so that
+        the next call tries afresh (a client whose start failed cannot be started again)."""
+        async with self._starting:
+            if not self._started:
+                try:
+                    await self._producer.start()
+                except BaseException:
+                    failed = self._producer
+                    self._producer = durable_producer(self._bootstrap_servers, **self._options)
+                    self._set_aside(failed)
+                    raise
+                self._started = True
+            return self._producer
+
+    def _renew(self, broken: AIOKafkaProducer) -> None:
         """A new producer (a new producer id) in place of `broken`, whose sequence numbers
         Kafka refuses for good (see bus.kafka_clients.BROKEN_PRODUCER_ERRORS), so that the
-        next `publish` can succeed without the caller making a new Publisher."""
-        async with self._renewing:
-            if id(self._producer) != id(broken):
-                return  # a concurrent publish renewed it already
-            fresh = durable_producer(self._bootstrap_servers, **self._options)
-            await broken.stop()
-            await fresh.start()
-            self._producer = fresh
+        next `publish` can succeed without the caller making a new Publisher. The new one
+        starts on its first use; the broken one stops in the background."""
+        if self._producer is not broken:
+            return  # a concurrent publish renewed it already
+        log.warning("publisher: Kafka refuses the producer's sequence numbers; using a new one")
+        self._producer = durable_producer(self._bootstrap_servers, **self._options)
+        self._started = False
+        self._set_aside(broken)
+
+    def _set_aside(self, producer: AIOKafkaProducer) -> None:
+        closing = asyncio.create_task(stop_within(producer, self.deadline))
+        self._closing.add(closing)
+        closing.add_done_callback(self._closing.discard)
 
     async def __aenter__(self) -> Self:
         await self.start()
@@ -120,6 +159,7 @@ class Publisher:
         producer = self._producer
         try:
             async with asyncio.timeout(self.deadline):
+                producer = await self._ready_producer()
                 # Cancelled in `send`, the record was never taken; once `send` returned, the
                 # producer holds it until Kafka acknowledges it, whatever happens to this call.
                 delivery = await producer.send(
@@ -142,7 +182,7 @@ class Publisher:
             ) from None
         except KafkaError as error:
             if isinstance(error, BROKEN_PRODUCER_ERRORS):
-                await self._renew(producer)
+                self._renew(producer)
             raise PublishError(
                 f"Kafka did not acknowledge event {event.id} ({event.type}) on topic {topic!r}: "
                 f"{error}; the event is not stored, publish it again"

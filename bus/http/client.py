@@ -74,18 +74,31 @@ def status_error(
     return PermanentDeliveryError(f"HTTP {status}", status=status, excerpt=excerpt)
 
 
+def invalid_url_error(url: str) -> PermanentDeliveryError:
+    """A URL that cannot be called at all: permanent, and its text stays out of the message
+    (the userinfo or query is where a misplaced secret would be)."""
+    return PermanentDeliveryError(
+        f"cannot call {origin(url)}: the URL is not valid; check the outbound url and "
+        "percent-encode reserved characters ('/', '?', '#', '@') in substituted values"
+    )
+
+
 def transport_error(error: BaseException, url: str, seconds: float | None) -> DeliveryError:
     """A call that got no answer (a timeout, a refused or broken connection): worth retrying;
-    a URL that cannot be called at all is permanent, and its text stays out of the message
-    (the userinfo or query is where a misplaced secret would be)."""
+    a URL aiohttp cannot call is permanent. Raise it as it is (`raise transport_error(...)`):
+    its cause is set here, and left out for an invalid URL, whose text is the URL."""
+    failure: DeliveryError
     if isinstance(error, aiohttp.InvalidURL):
-        return PermanentDeliveryError(
-            f"cannot call {origin(url)}: the URL is not valid; check the outbound url and "
-            "percent-encode reserved characters ('/', '?', '#', '@') in substituted values"
+        failure = invalid_url_error(url)
+    elif isinstance(error, TimeoutError):
+        failure = TransientDeliveryError(f"no answer within {seconds:g} s from {origin(url)}")
+    else:
+        failure = TransientDeliveryError(
+            f"cannot call {origin(url)}: {type(error).__name__}: {error}"
         )
-    if isinstance(error, TimeoutError):
-        return TransientDeliveryError(f"no answer within {seconds:g} s from {origin(url)}")
-    return TransientDeliveryError(f"cannot call {origin(url)}: {type(error).__name__}: {error}")
+    failure.__cause__ = None if isinstance(error, aiohttp.InvalidURL) else error
+    failure.__suppress_context__ = True
+    return failure
 
 
 def credentials_error(error: DeliveryError) -> TransientDeliveryError:

@@ -30,7 +30,12 @@ from aiokafka.structs import RecordMetadata
 from bus.errors import BusError, SchemaRegistryError
 from bus.events.codec import EventCodec
 from bus.events.event import Event
-from bus.kafka_clients import BROKEN_PRODUCER_ERRORS, discard_outcome, durable_producer
+from bus.kafka_clients import (
+    BROKEN_PRODUCER_ERRORS,
+    discard_outcome,
+    durable_producer,
+    stop_within,
+)
 from bus.telemetry.hub import Telemetry
 
 log = logging.getLogger(__name__)
@@ -75,8 +80,9 @@ class Ingest:
         self._stalled: dict[str, asyncio.Future[RecordMetadata]] = {}
         # topic -> loop time until which events for it are refused after a stalled send failed
         self._cooling: dict[str, float] = {}
-        self._closing: set[asyncio.Task[None]] = set()  # replaced producers, being stopped
+        self._closing: set[asyncio.Task[bool]] = set()  # replaced producers, being stopped
         self._connecting: asyncio.Task[None] | None = None
+        self._stopping = False
 
     async def start(self) -> None:
         self._producer = durable_producer(self._bootstrap_servers, **self._options)
@@ -105,12 +111,19 @@ class Ingest:
         return True
 
     async def stop(self) -> None:
+        """Stop, giving sends still unacknowledged up to the deadline: every caller has been
+        answered by now (those sends got 503), and Kafka may be away for good."""
+        self._stopping = True
         if self._connecting is not None and not self._connecting.done():
             self._connecting.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._connecting
-        if self._producer is not None:
-            await self._producer.stop()
+        if self._producer is not None and not await stop_within(self._producer, self.deadline):
+            log.warning(
+                "inbound: Kafka did not acknowledge what the producer still held within %g s "
+                "of stopping (those callers were answered 503)",
+                self.deadline,
+            )
         if self._closing:
             await asyncio.gather(*self._closing, return_exceptions=True)
 
@@ -164,7 +177,7 @@ class Ingest:
                 ) from None
             # Its outcome is no one's to wait for now; taking it spares a "never retrieved" log.
             delivery.add_done_callback(discard_outcome)
-            self._stall(topic, delivery)
+            self._stall(topic, delivery, producer)
             raise StorageUnavailableError(
                 f"Kafka did not acknowledge event {event.id} on {topic!r} within "
                 f"{self.deadline:g} s; the producer keeps it and it may still be stored"
@@ -189,8 +202,8 @@ class Ingest:
         that has had no leader for longer than the request timeout, as a single broker's
         controlled shutdown leaves it; the next batch then has a gap in its sequence numbers,
         which Kafka refuses for good.) Requests meanwhile get 503."""
-        if id(self._producer) != id(broken):
-            return  # another request replaced it already
+        if self._producer is not broken or self._stopping:
+            return  # another request replaced it already, or no producer is wanted any more
         log.warning(
             "inbound: Kafka refuses the producer's sequence numbers; starting a new producer"
         )
@@ -202,16 +215,18 @@ class Ingest:
         if self._connecting is not None:
             self._connecting.cancel()
         self._connecting = asyncio.create_task(self._connect(fresh))
-        closing = asyncio.create_task(broken.stop())
+        closing = asyncio.create_task(stop_within(broken, self.deadline))
         self._closing.add(closing)
         closing.add_done_callback(self._closed)
 
-    def _closed(self, task: "asyncio.Task[None]") -> None:
+    def _closed(self, task: "asyncio.Task[bool]") -> None:
         self._closing.discard(task)
         if not task.cancelled() and task.exception() is not None:
             log.warning("inbound: stopping the replaced producer failed: %s", task.exception())
 
-    def _stall(self, topic: str, delivery: "asyncio.Future[RecordMetadata]") -> None:
+    def _stall(
+        self, topic: str, delivery: "asyncio.Future[RecordMetadata]", producer: AIOKafkaProducer
+    ) -> None:
         """Refuse `topic` until `delivery` is settled, then take events for it again."""
         if topic in self._stalled and not self._stalled[topic].done():
             return
@@ -226,6 +241,8 @@ class Ingest:
         def settled(done: "asyncio.Future[RecordMetadata]") -> None:
             if self._stalled.get(topic) is done:
                 del self._stalled[topic]
+            if self._producer is not producer:
+                return  # a send of a replaced producer says nothing of the new one
             if not done.cancelled() and done.exception() is None:
                 log.info("inbound: Kafka acknowledges events on %r again", topic)
             else:

@@ -18,6 +18,8 @@ from bus.errors import KafkaAuthenticationError
 from bus.kafka_clients import connection
 from bus.kafka_security import KafkaSecurity, kafka_security
 
+CLOSED_RETRY_S = 0.5  # how long to wait before asking a broker that hung up once again
+
 
 async def answers_metadata(
     bootstrap_servers: str,
@@ -38,20 +40,33 @@ async def answers_metadata(
     addresses = [address.strip() for address in bootstrap_servers.split(",") if address.strip()]
     loop = asyncio.get_running_loop()
     deadline = loop.time() + within
+    refusal: KafkaAuthenticationError | None = None
     for index, address in enumerate(addresses):
         # An even share of the time left, so that an address that does not answer at all
         # (a dropped SYN) cannot use up the time of those after it.
         share = (deadline - loop.time()) / (len(addresses) - index)
         try:
             async with asyncio.timeout(share):
-                if await _answers(address, share, chosen):
+                if await _answers_twice_if_closed(address, share, chosen):
                     return True
         except TimeoutError:
             continue
-        except KafkaAuthenticationError:
-            if strict:
-                raise
+        except KafkaAuthenticationError as refused:
+            # Another broker may still answer: the first refusal is told only if none does.
+            refusal = refusal or refused
+    if strict and refusal is not None:
+        raise refusal
     return False
+
+
+async def _answers_twice_if_closed(address: str, within: float, security: KafkaSecurity) -> bool:
+    """A broker that closes the connection in the handshake may expect another protocol, or
+    may be shutting down or restarting: only a second close, a moment later, says which."""
+    try:
+        return await _answers(address, within, security)
+    except _ClosedInHandshakeError:
+        await asyncio.sleep(CLOSED_RETRY_S)
+        return await _answers(address, within, security)
 
 
 async def _answers(address: str, within: float, security: KafkaSecurity) -> bool:
@@ -134,7 +149,7 @@ def _raise_refusal(address: str, security: KafkaSecurity, error: BaseException) 
         isinstance(error, KafkaError) and "closed" in str(error).lower()
     ):
         expected = "TLS" if security.uses_tls else "no TLS"
-        raise KafkaAuthenticationError(
+        raise _ClosedInHandshakeError(
             f"Kafka at {address} accepted the TCP connection, then closed it during the "
             f"{security.security_protocol} handshake ({expected}"
             f"{', SASL' if security.uses_sasl else ', no SASL'}): that listener expects "
@@ -142,6 +157,10 @@ def _raise_refusal(address: str, security: KafkaSecurity, error: BaseException) 
             f"{' (and KAFKA_SASL_MECHANISM)' if security.uses_sasl else ''} against the "
             "listener the address names"
         ) from None
+
+
+class _ClosedInHandshakeError(KafkaAuthenticationError):
+    """The broker hung up during the handshake: another protocol, or a broker going down."""
 
 
 def _client_certificate_refused(error: ssl.SSLError) -> bool:
