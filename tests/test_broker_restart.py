@@ -306,3 +306,39 @@ async def test_publish_gives_up_after_its_deadline_while_kafka_is_away(
     finally:
         if broker.status().running:
             await asyncio.to_thread(broker.stop)
+
+
+async def test_stopping_while_kafka_is_away_takes_at_most_the_deadline(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    """A SIGTERM during an outage: the inbound's and the Publisher's producers still hold an
+    unacknowledged send, which the idempotent producer would flush for as long as Kafka is
+    away; stopping gives it the deadline, then goes."""
+    broker = await start_broker(tmp_path_factory, "kafka-stop-while-away")
+    try:
+        topic = "stop.while.away.v1"
+        admin = AIOKafkaAdminClient(bootstrap_servers=broker.bootstrap_servers)
+        await admin.start()
+        try:
+            await admin.create_topics([NewTopic(topic, num_partitions=1, replication_factor=1)])
+        finally:
+            await admin.close()
+        ingest = Ingest(broker.bootstrap_servers, EventCodec(CATALOG), deadline=2)
+        await ingest.start()
+        publisher = Publisher(broker.bootstrap_servers, CATALOG, source="/test", deadline=2)
+        await publisher.start()
+        assert await ingest.connected(within=30)
+        await ingest.store(topic, changed(1), item="hook")
+        await publisher.send(topic, changed(2))
+        await asyncio.to_thread(broker.stop)
+        with pytest.raises(StorageUnavailableError):
+            await ingest.store(topic, changed(3), item="hook")
+        with pytest.raises(PublishError):
+            await publisher.send(topic, changed(4))
+        for stop in (ingest.stop, publisher.stop):
+            started = time.monotonic()
+            await asyncio.wait_for(stop(), 2 + SLACK_S + 10)
+            assert time.monotonic() - started < 2 + SLACK_S
+    finally:
+        if broker.status().running:
+            await asyncio.to_thread(broker.stop)
