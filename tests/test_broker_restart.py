@@ -267,6 +267,16 @@ async def test_the_publisher_replaces_a_producer_whose_sequence_numbers_kafka_re
     assert stored == [first.id, later.id]
 
 
+async def create_topic(broker: LocalKafka, topic: str) -> None:
+    """A topic on a broker of the test's own (the session's `create_topics` is for its broker)."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=broker.bootstrap_servers)
+    await admin.start()
+    try:
+        await admin.create_topics([NewTopic(topic, num_partitions=1, replication_factor=1)])
+    finally:
+        await admin.close()
+
+
 async def test_publish_gives_up_after_its_deadline_while_kafka_is_away(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> None:
@@ -274,12 +284,7 @@ async def test_publish_gives_up_after_its_deadline_while_kafka_is_away(
     broker = await start_broker(tmp_path_factory, "kafka-publish-deadline")
     try:
         topic = "publish.deadline.v1"
-        admin = AIOKafkaAdminClient(bootstrap_servers=broker.bootstrap_servers)
-        await admin.start()
-        try:
-            await admin.create_topics([NewTopic(topic, num_partitions=1, replication_factor=1)])
-        finally:
-            await admin.close()
+        await create_topic(broker, topic)
         async with Publisher(
             broker.bootstrap_servers, CATALOG, source="/test", deadline=3
         ) as publisher:
@@ -317,12 +322,7 @@ async def test_stopping_while_kafka_is_away_takes_at_most_the_deadline(
     broker = await start_broker(tmp_path_factory, "kafka-stop-while-away")
     try:
         topic = "stop.while.away.v1"
-        admin = AIOKafkaAdminClient(bootstrap_servers=broker.bootstrap_servers)
-        await admin.start()
-        try:
-            await admin.create_topics([NewTopic(topic, num_partitions=1, replication_factor=1)])
-        finally:
-            await admin.close()
+        await create_topic(broker, topic)
         ingest = Ingest(broker.bootstrap_servers, EventCodec(CATALOG), deadline=2)
         await ingest.start()
         publisher = Publisher(broker.bootstrap_servers, CATALOG, source="/test", deadline=2)
