@@ -48,6 +48,7 @@ from aiokafka import AIOKafkaConsumer
 from bus.kafka_topics import topic_partitions
 from bus.processes import die_with_parent, free_ports
 from tests.chaos.sink import ChaosSink
+from tests.flow_harness import customer_webhook
 
 ROOT = Path(__file__).resolve().parents[2]
 RETRY_PAUSE_MAX_S = 1.0  # the load driver's longest pause before sending a refused event again
@@ -158,20 +159,7 @@ observability:
   journeys: {{enabled: {"true" if k.journeys else "false"}}}
   logs: {{format: text, level: info}}
   admin: {{port: {self.admin_port}}}
-inbound:
-  - name: {self.id}-in
-    rest: {{path: /hooks/customers}}
-    event:
-      type: com.acme.crm.CustomerChanged
-      key: body.id
-      map:
-        customerId: body.id
-        change: '"UPDATED"'
-        email: body.email
-        name: body.name
-        address: body.address
-        changedAt: body.at
-    topic: {self.topic_a}
+{customer_webhook(f"{self.id}-in", self.topic_a).strip()}
 mediation:
   - name: {self.id}-mediate
     from: {self.topic_a}
