@@ -47,7 +47,10 @@ async def answers_metadata(
         share = (deadline - loop.time()) / (len(addresses) - index)
         try:
             async with asyncio.timeout(share):
-                if await _answers_twice_if_closed(address, share, chosen):
+                # Readiness takes a hang-up for "not answering"; only a preflight must tell a
+                # broker going down from a listener of another protocol.
+                ask = _answers_twice_if_closed if strict else _answers
+                if await ask(address, share, chosen):
                     return True
         except TimeoutError:
             continue
