@@ -796,9 +796,10 @@ async def test_no_call_goes_out_once_told_to_stop(
     await asyncio.wait_for(task, 30)
     assert [call.seq for call in endpoint.calls] == [0, 1, 2]
     assert first.delivered == 3
-    # One record is handed over undelivered; the key's others wait untouched, not each handed
-    # over in turn.
-    assert board.item("stop-at-once", "outbound").counters.failed == 1
+    # At most the one record whose call the stop caught is handed over undelivered (none if the
+    # consuming loop stopped the chain first); the key's others wait untouched, not each handed
+    # over in turn (3 before).
+    assert board.item("stop-at-once", "outbound").counters.failed <= 1
 
     endpoint.delay = lambda call: 0.0
     second = DeliveryRunner(
